@@ -31,16 +31,33 @@ impl Blob {
             if map.len() != 4 {
                 return Err("a blob has exactly the keys $type, ref, mimeType and size".into());
             }
-            let cid = *map.get("ref").and_then(Value::as_link).ok_or("a blob needs a ref link")?;
-            let size = map.get("size").and_then(Value::as_i64).ok_or("a blob needs an integer size")?;
+            let cid = *map
+                .get("ref")
+                .and_then(Value::as_link)
+                .ok_or("a blob needs a ref link")?;
+            let size = map
+                .get("size")
+                .and_then(Value::as_i64)
+                .ok_or("a blob needs an integer size")?;
             let size = u64::try_from(size).map_err(|_| "a blob size cannot be negative")?;
-            Ok(Blob { cid, mime_type, size: Some(size) })
+            Ok(Blob {
+                cid,
+                mime_type,
+                size: Some(size),
+            })
         } else {
             if map.len() != 2 {
                 return Err("a legacy blob has exactly the keys cid and mimeType".into());
             }
-            let text = map.get("cid").and_then(Value::as_str).ok_or("a legacy blob needs a cid string")?;
-            Ok(Blob { cid: parse_cid_str(text)?, mime_type, size: None })
+            let text = map
+                .get("cid")
+                .and_then(Value::as_str)
+                .ok_or("a legacy blob needs a cid string")?;
+            Ok(Blob {
+                cid: parse_cid_str(text)?,
+                mime_type,
+                size: None,
+            })
         }
     }
 

@@ -73,7 +73,9 @@ impl Major {
 
 /// Orders two map keys the way DAG-CBOR requires: shorter first, then bytewise.
 pub fn canonical_key_order(a: &str, b: &str) -> Ordering {
-    a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes()))
+    a.len()
+        .cmp(&b.len())
+        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
 }
 
 /// A cursor over one buffer of strict DAG-CBOR.
@@ -108,12 +110,18 @@ impl<'a> Decoder<'a> {
         if self.pos == self.input.len() {
             Ok(())
         } else {
-            Err(self.err(format!("{} trailing bytes after the value", self.remaining())))
+            Err(self.err(format!(
+                "{} trailing bytes after the value",
+                self.remaining()
+            )))
         }
     }
 
     fn err(&self, message: String) -> Error {
-        Error::Cbor { offset: self.pos, message }
+        Error::Cbor {
+            offset: self.pos,
+            message,
+        }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
@@ -194,7 +202,10 @@ impl<'a> Decoder<'a> {
     }
 
     fn err_at(&self, offset: usize, message: &str) -> Error {
-        Error::Cbor { offset, message: message.to_string() }
+        Error::Cbor {
+            offset,
+            message: message.to_string(),
+        }
     }
 
     fn expect_major(&mut self, want: Major, what: &str) -> Result<u64, Error> {
@@ -253,12 +264,17 @@ impl<'a> Decoder<'a> {
             match canonical_key_order(previous, key) {
                 Ordering::Less => {}
                 Ordering::Equal => {
-                    return Err(Error::Cbor { offset: start, message: format!("duplicate map key {key:?}") })
+                    return Err(Error::Cbor {
+                        offset: start,
+                        message: format!("duplicate map key {key:?}"),
+                    })
                 }
                 Ordering::Greater => {
                     return Err(Error::Cbor {
                         offset: start,
-                        message: format!("map key {key:?} is out of canonical order after {previous:?}"),
+                        message: format!(
+                            "map key {key:?} is out of canonical order after {previous:?}"
+                        ),
                     })
                 }
             }
@@ -337,13 +353,21 @@ impl<'a> Decoder<'a> {
         let start = self.pos;
         let tag = self.expect_major(Major::Tag, "a CID link")?;
         if tag != CID_TAG {
-            return Err(Error::Cbor { offset: start, message: format!("tag {tag} is not allowed; only 42 (CID)") });
+            return Err(Error::Cbor {
+                offset: start,
+                message: format!("tag {tag} is not allowed; only 42 (CID)"),
+            });
         }
         let bytes = self.read_bytes()?;
         match bytes.split_first() {
-            Some((0, cid_bytes)) => parse_cid_bytes(cid_bytes)
-                .map_err(|message| Error::Cbor { offset: start, message }),
-            _ => Err(self.err_at(start, "CID link must start with the identity multibase prefix 0x00")),
+            Some((0, cid_bytes)) => parse_cid_bytes(cid_bytes).map_err(|message| Error::Cbor {
+                offset: start,
+                message,
+            }),
+            _ => Err(self.err_at(
+                start,
+                "CID link must start with the identity multibase prefix 0x00",
+            )),
         }
     }
 
@@ -510,7 +534,10 @@ mod tests {
 
     fn check_rejected(bytes: &[u8], expected_message_part: &str) {
         let err = crate::Value::from_cbor(bytes).unwrap_err().to_string();
-        assert!(err.contains(expected_message_part), "{err:?} should mention {expected_message_part:?}");
+        assert!(
+            err.contains(expected_message_part),
+            "{err:?} should mention {expected_message_part:?}"
+        );
     }
 
     #[test]
@@ -522,11 +549,17 @@ mod tests {
         check_rejected(&[0xf7], "undefined");
         check_rejected(&[0xc1, 0x00], "tag 1");
         // {"b": 1, "a": 2}: out of order.
-        check_rejected(&[0xa2, 0x61, b'b', 0x01, 0x61, b'a', 0x02], "canonical order");
+        check_rejected(
+            &[0xa2, 0x61, b'b', 0x01, 0x61, b'a', 0x02],
+            "canonical order",
+        );
         // {"a": 1, "a": 2}: duplicate.
         check_rejected(&[0xa2, 0x61, b'a', 0x01, 0x61, b'a', 0x02], "duplicate");
         // {"aa": 1, "b": 2}: longer key first.
-        check_rejected(&[0xa2, 0x62, b'a', b'a', 0x01, 0x61, b'b', 0x02], "canonical order");
+        check_rejected(
+            &[0xa2, 0x62, b'a', b'a', 0x01, 0x61, b'b', 0x02],
+            "canonical order",
+        );
         check_rejected(&[0x01, 0x02], "trailing");
         check_rejected(&[0x62, 0xff, 0xfe], "UTF-8");
         check_rejected(&[0xa1, 0x01, 0x02], "text strings");
@@ -535,7 +568,10 @@ mod tests {
     #[test]
     fn hostile_lengths_fail_without_allocating() {
         // An array claiming 2^64-1 items, a byte string claiming 4 GiB.
-        check_rejected(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], "cannot fit");
+        check_rejected(
+            &[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            "cannot fit",
+        );
         check_rejected(&[0x5a, 0xff, 0xff, 0xff, 0xff], "cannot fit");
     }
 
@@ -547,7 +583,22 @@ mod tests {
 
     #[test]
     fn integers_round_trip_at_the_edges() {
-        for value in [0i64, 23, 24, 255, 256, 65535, 65536, -1, -24, -25, -256, -257, i64::MIN, i64::MAX] {
+        for value in [
+            0i64,
+            23,
+            24,
+            255,
+            256,
+            65535,
+            65536,
+            -1,
+            -24,
+            -25,
+            -256,
+            -257,
+            i64::MIN,
+            i64::MAX,
+        ] {
             let mut encoder = Encoder::new();
             encoder.write_i64(value);
             let bytes = encoder.into_bytes();

@@ -4,7 +4,8 @@ use crate::{parse_cid_str, Error, Map, Value};
 use base64::Engine;
 use serde_json::Value as Json;
 
-const BASE64_NO_PAD: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD_NO_PAD;
+const BASE64_NO_PAD: base64::engine::GeneralPurpose =
+    base64::engine::general_purpose::STANDARD_NO_PAD;
 /// Accepts `$bytes` with or without padding; atproto writes it without.
 const BASE64_LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
     &base64::alphabet::STANDARD,
@@ -23,7 +24,10 @@ impl Value {
     /// Parses a JSON document as a record: it must be an object, and obey [`Value::from_json`].
     pub fn record_from_json(json: &Json) -> Result<Value, Error> {
         if !json.is_object() {
-            return Err(Error::Json { path: "$".into(), message: "a record must be a JSON object".into() });
+            return Err(Error::Json {
+                path: "$".into(),
+                message: "a record must be a JSON object".into(),
+            });
         }
         Value::from_json(json)
     }
@@ -46,13 +50,18 @@ impl Value {
                 Json::Object(object)
             }
             Value::Array(items) => Json::Array(items.iter().map(Value::to_json).collect()),
-            Value::Map(map) => Json::Object(map.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+            Value::Map(map) => {
+                Json::Object(map.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+            }
         }
     }
 }
 
 fn json_error(path: &str, message: impl Into<String>) -> Error {
-    Error::Json { path: path.to_owned(), message: message.into() }
+    Error::Json {
+        path: path.to_owned(),
+        message: message.into(),
+    }
 }
 
 fn from_json_at(json: &Json, path: &mut String) -> Result<Value, Error> {
@@ -63,16 +72,25 @@ fn from_json_at(json: &Json, path: &mut String) -> Result<Value, Error> {
             if let Some(n) = number.as_i64() {
                 Value::Integer(n)
             } else if number.is_u64() {
-                return Err(json_error(path, format!("{number} does not fit in 64 signed bits")));
+                return Err(json_error(
+                    path,
+                    format!("{number} does not fit in 64 signed bits"),
+                ));
             } else if let Some(f) = number.as_f64() {
                 // Integral floats in i64 range are integers that a JSON writer printed with ".0".
                 if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) {
                     Value::Integer(f as i64)
                 } else {
-                    return Err(json_error(path, format!("{number} is not an integer; floats are not allowed")));
+                    return Err(json_error(
+                        path,
+                        format!("{number} is not an integer; floats are not allowed"),
+                    ));
                 }
             } else {
-                return Err(json_error(path, format!("{number} does not fit in 64 signed bits")));
+                return Err(json_error(
+                    path,
+                    format!("{number} does not fit in 64 signed bits"),
+                ));
             }
         }
         Json::String(s) => Value::String(s.clone()),
@@ -90,19 +108,28 @@ fn from_json_at(json: &Json, path: &mut String) -> Result<Value, Error> {
     })
 }
 
-fn object_from_json(object: &serde_json::Map<String, Json>, path: &mut String) -> Result<Value, Error> {
+fn object_from_json(
+    object: &serde_json::Map<String, Json>,
+    path: &mut String,
+) -> Result<Value, Error> {
     if let Some(link) = object.get("$link") {
         if object.len() != 1 {
             return Err(json_error(path, "a $link object must have no other keys"));
         }
-        let text = link.as_str().ok_or_else(|| json_error(path, "$link must be a string"))?;
-        return parse_cid_str(text).map(Value::Link).map_err(|message| json_error(path, message));
+        let text = link
+            .as_str()
+            .ok_or_else(|| json_error(path, "$link must be a string"))?;
+        return parse_cid_str(text)
+            .map(Value::Link)
+            .map_err(|message| json_error(path, message));
     }
     if let Some(bytes) = object.get("$bytes") {
         if object.len() != 1 {
             return Err(json_error(path, "a $bytes object must have no other keys"));
         }
-        let text = bytes.as_str().ok_or_else(|| json_error(path, "$bytes must be a base64 string"))?;
+        let text = bytes
+            .as_str()
+            .ok_or_else(|| json_error(path, "$bytes must be a base64 string"))?;
         return BASE64_LENIENT
             .decode(text)
             .map(Value::Bytes)
@@ -123,7 +150,9 @@ fn object_from_json(object: &serde_json::Map<String, Json>, path: &mut String) -
 
 /// Checks the rules that hang on `$type`: a non-empty string, and a well-formed blob when it is `"blob"`.
 pub(crate) fn check_type_field(value: &Value) -> Result<(), String> {
-    let Some(type_value) = value.get("$type") else { return Ok(()) };
+    let Some(type_value) = value.get("$type") else {
+        return Ok(());
+    };
     match type_value {
         Value::String(s) if s.is_empty() => Err("$type must not be empty".into()),
         Value::String(s) if s == "blob" => crate::Blob::from_value(value).map(|_| ()),
@@ -144,7 +173,9 @@ mod tests {
                 let back = Value::from_cbor(&value.to_cbor()).unwrap();
                 assert_eq!(back, value);
             }
-            (Err(e), Some(part)) => assert!(e.to_string().contains(part), "{e} should mention {part}"),
+            (Err(e), Some(part)) => {
+                assert!(e.to_string().contains(part), "{e} should mention {part}")
+            }
             (result, expected) => panic!("{json}: got {result:?}, expected error {expected:?}"),
         }
     }
@@ -154,7 +185,10 @@ mod tests {
         check(r#"{"a": 1.5}"#, Some("floats"));
         check(r#"{"a": 2.0}"#, None);
         check(r#"{"a": {"$bytes": "aGk="}}"#, None);
-        check(r#"{"a": {"$link": "bafyreidfayvfuwqa7qlnopdjiqrxzs6blmoeu4rujcjtnci5beludirz2a", "x": 1}}"#, Some("no other keys"));
+        check(
+            r#"{"a": {"$link": "bafyreidfayvfuwqa7qlnopdjiqrxzs6blmoeu4rujcjtnci5beludirz2a", "x": 1}}"#,
+            Some("no other keys"),
+        );
         check(r#"{"a": {"b": [{"$type": ""}]}}"#, Some("$.a.b[0]"));
         check(r#"{"a": 18446744073709551615}"#, Some("64 signed bits"));
     }

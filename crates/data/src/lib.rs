@@ -81,7 +81,8 @@ pub fn cid_for_raw(bytes: &[u8]) -> Cid {
 pub fn cid_from_sha256(codec: u64, digest: [u8; 32]) -> Cid {
     // A 32-byte digest always fits the 64-byte multihash; the expect documents that invariant.
     #[allow(clippy::expect_used)]
-    let hash = multihash::Multihash::<64>::wrap(SHA2_256, &digest).expect("32 bytes fit in a 64-byte multihash");
+    let hash = multihash::Multihash::<64>::wrap(SHA2_256, &digest)
+        .expect("32 bytes fit in a 64-byte multihash");
     Cid::new_v1(codec, hash)
 }
 
@@ -94,7 +95,10 @@ pub fn parse_cid_str(text: &str) -> Result<Cid, String> {
 /// map, and every `$type` is a non-empty string (with blob objects well formed).
 pub fn validate_record(value: &Value) -> Result<(), Error> {
     if value.as_map().is_none() {
-        return Err(Error::Json { path: "$".into(), message: "a record must be a map".into() });
+        return Err(Error::Json {
+            path: "$".into(),
+            message: "a record must be a map".into(),
+        });
     }
     validate_types(value, &mut String::from("$"))
 }
@@ -102,7 +106,10 @@ pub fn validate_record(value: &Value) -> Result<(), Error> {
 fn validate_types(value: &Value, path: &mut String) -> Result<(), Error> {
     match value {
         Value::Map(map) => {
-            json::check_type_field(value).map_err(|message| Error::Json { path: path.clone(), message })?;
+            json::check_type_field(value).map_err(|message| Error::Json {
+                path: path.clone(),
+                message,
+            })?;
             for (key, item) in map {
                 let len = path.len();
                 path.push('.');

@@ -102,7 +102,11 @@ impl Value {
     }
 }
 
-pub(crate) fn decode_value(decoder: &mut Decoder<'_>, limits: &Limits, depth: usize) -> Result<Value, Error> {
+pub(crate) fn decode_value(
+    decoder: &mut Decoder<'_>,
+    limits: &Limits,
+    depth: usize,
+) -> Result<Value, Error> {
     if depth > limits.max_depth {
         return Err(Error::Cbor {
             offset: decoder.position(),

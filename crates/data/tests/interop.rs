@@ -8,8 +8,17 @@ use std::path::PathBuf;
 fn interop_dir() -> PathBuf {
     let dir = std::env::var_os("BUTTERFLY_INTEROP_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/interop")));
-    assert!(dir.is_dir(), "interop vectors not found at {} (set BUTTERFLY_INTEROP_DIR)", dir.display());
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/interop"
+            ))
+        });
+    assert!(
+        dir.is_dir(),
+        "interop vectors not found at {} (set BUTTERFLY_INTEROP_DIR)",
+        dir.display()
+    );
     dir.join("data-model")
 }
 
@@ -25,7 +34,9 @@ fn fixtures_round_trip_byte_for_byte() {
     assert_eq!(cases.len(), 3);
     let mut failures = Vec::new();
     for (index, case) in cases.iter().enumerate() {
-        let cbor = base64.decode(case["cbor_base64"].as_str().unwrap()).unwrap();
+        let cbor = base64
+            .decode(case["cbor_base64"].as_str().unwrap())
+            .unwrap();
         let expected_cid = case["cid"].as_str().unwrap();
         let from_json = match Value::from_json(&case["json"]) {
             Ok(v) => v,
@@ -38,7 +49,10 @@ fn fixtures_round_trip_byte_for_byte() {
             failures.push(format!("case {index}: json -> cbor differs"));
         }
         if from_json.cid().to_string() != expected_cid {
-            failures.push(format!("case {index}: cid {} != {expected_cid}", from_json.cid()));
+            failures.push(format!(
+                "case {index}: cid {} != {expected_cid}",
+                from_json.cid()
+            ));
         }
         if butterfly_data::cid_for_cbor(&cbor).to_string() != expected_cid {
             failures.push(format!("case {index}: cid of the fixture bytes differs"));
@@ -46,7 +60,9 @@ fn fixtures_round_trip_byte_for_byte() {
         match Value::from_cbor(&cbor) {
             Ok(decoded) => {
                 if decoded != from_json {
-                    failures.push(format!("case {index}: cbor -> value differs from json -> value"));
+                    failures.push(format!(
+                        "case {index}: cbor -> value differs from json -> value"
+                    ));
                 }
                 if decoded.to_json() != case["json"] {
                     failures.push(format!("case {index}: cbor -> json differs"));
@@ -65,7 +81,12 @@ fn valid_values_are_accepted() {
     for case in cases {
         let value = Value::record_from_json(&case["json"])
             .unwrap_or_else(|e| panic!("{}: rejected: {e}", case["note"]));
-        assert_eq!(Value::from_cbor(&value.to_cbor()).unwrap(), value, "{}", case["note"]);
+        assert_eq!(
+            Value::from_cbor(&value.to_cbor()).unwrap(),
+            value,
+            "{}",
+            case["note"]
+        );
     }
 }
 
