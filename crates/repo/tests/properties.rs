@@ -201,3 +201,25 @@ fn partial_trees_report_missing_subtrees() {
         "{n_missing} missing, {n_records} records"
     );
 }
+
+#[test]
+fn hostile_chain_of_entryless_nodes_is_rejected() {
+    // Each node points left to the next one and holds no entries: a "deep tree" no real repo has.
+    let mut blocks = BlockMap::new();
+    let mut below: Option<Cid> = None;
+    for _ in 0..10_000 {
+        let node = mst::NodeData {
+            left: below,
+            entries: Vec::new(),
+        };
+        let bytes = node.encode();
+        let cid = butterfly_data::cid_for_cbor(&bytes);
+        blocks.insert(cid, bytes);
+        below = Some(cid);
+    }
+    let root = below.unwrap();
+    let result: Result<Vec<WalkItem>, _> = mst::walk(root, &mut blocks).collect();
+    assert!(result.unwrap_err().to_string().contains("no entries"));
+    assert!(Mst::load(root, &mut blocks).is_err());
+    assert!(mst::diff(None, root, &mut blocks).is_err());
+}

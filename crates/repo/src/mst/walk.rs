@@ -60,7 +60,15 @@ fn expand(
         return Ok(false);
     };
     let data = NodeData::decode(&cid, &bytes)?;
-    if is_root && data.entries.is_empty() && data.left.is_none() {
+    if is_root && data.entries.is_empty() {
+        if data.left.is_some() {
+            // A canonical root always has entries; refusing entry-less roots also means every node
+            // below has a known layer, which bounds the depth of any tree we walk.
+            return Err(Error::Malformed {
+                cid,
+                message: "root node has a subtree but no entries".into(),
+            });
+        }
         return Ok(true); // the empty tree
     }
     let layer = check_node_layer(&cid, &data, layer)?;
