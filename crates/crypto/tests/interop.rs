@@ -10,23 +10,8 @@ use butterfly_crypto::{
 };
 use serde_json::Value;
 
-/// The interop folder: `BUTTERFLY_INTEROP_DIR` if set, else `../shared/interop` beside the
-/// workspace.
 fn interop_dir() -> PathBuf {
-    let dir = match std::env::var_os("BUTTERFLY_INTEROP_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/interop"
-        )),
-    };
-    assert!(
-        dir.join("crypto").is_dir(),
-        "interop vectors not found at {}: check out ../shared next to the workspace or set \
-         BUTTERFLY_INTEROP_DIR to the interop folder",
-        dir.display()
-    );
-    dir
+    butterfly_interop::folder("crypto").join("..")
 }
 
 fn load(name: &str) -> Vec<Value> {

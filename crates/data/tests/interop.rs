@@ -6,20 +6,7 @@ use butterfly_data::Value;
 use std::path::PathBuf;
 
 fn interop_dir() -> PathBuf {
-    let dir = std::env::var_os("BUTTERFLY_INTEROP_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../../shared/interop"
-            ))
-        });
-    assert!(
-        dir.is_dir(),
-        "interop vectors not found at {} (set BUTTERFLY_INTEROP_DIR)",
-        dir.display()
-    );
-    dir.join("data-model")
+    butterfly_interop::folder("data-model")
 }
 
 fn load(name: &str) -> Vec<serde_json::Value> {

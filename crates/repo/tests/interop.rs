@@ -9,20 +9,8 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 fn interop_dir() -> PathBuf {
-    let dir = std::env::var_os("BUTTERFLY_INTEROP_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../../shared/interop"
-            ))
-        });
-    assert!(
-        dir.is_dir(),
-        "interop vectors not found at {} (set BUTTERFLY_INTEROP_DIR)",
-        dir.display()
-    );
-    dir
+    butterfly_interop::folder("mst");
+    butterfly_interop::folder("firehose").join("..")
 }
 
 fn load_json(relative: &str) -> serde_json::Value {

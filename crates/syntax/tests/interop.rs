@@ -12,20 +12,7 @@ use butterfly_syntax::{
 use std::path::PathBuf;
 
 fn interop_dir() -> PathBuf {
-    let base = match std::env::var_os("BUTTERFLY_INTEROP_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/interop"
-        )),
-    };
-    let dir = base.join("syntax");
-    assert!(
-        dir.is_dir(),
-        "interop vectors not found at {} (set BUTTERFLY_INTEROP_DIR to the shared/interop folder)",
-        dir.display()
-    );
-    dir
+    butterfly_interop::folder("syntax")
 }
 
 /// Parses `s` with the type for `kind` and prints it back, or says why not.
