@@ -32,7 +32,9 @@ enum Pending {
 pub struct Walk<'s> {
     source: &'s mut dyn BlockSource,
     stack: Vec<Pending>,
-    last_key: Option<String>,
+    /// The previous record's key, reused as a buffer; `started` says whether it holds one.
+    last_key: String,
+    started: bool,
 }
 
 /// Walks the tree whose root node is `root`.
@@ -43,7 +45,8 @@ pub fn walk(root: Cid, source: &mut dyn BlockSource) -> Walk<'_> {
             cid: root,
             layer: None,
         }],
-        last_key: None,
+        last_key: String::new(),
+        started: false,
     }
 }
 
@@ -54,8 +57,9 @@ fn expand(
     source: &mut dyn BlockSource,
     cid: Cid,
     layer: Option<u32>,
-    is_root: bool,
 ) -> Result<bool, Error> {
+    // Only the root is pushed without a layer: every node below it gets its parent's layer minus one.
+    let is_root = layer.is_none();
     let Some(bytes) = source.get_block(&cid)? else {
         return Ok(false);
     };
@@ -99,22 +103,18 @@ impl Walk<'_> {
         while let Some(pending) = self.stack.pop() {
             match pending {
                 Pending::Subtree { cid, layer } => {
-                    let is_root =
-                        self.last_key.is_none() && self.stack.is_empty() && layer.is_none();
-                    if !expand(&mut self.stack, self.source, cid, layer, is_root)? {
+                    if !expand(&mut self.stack, self.source, cid, layer)? {
                         return Ok(Some(WalkItem::MissingNode(cid)));
                     }
                 }
                 Pending::Leaf { key, cid } => {
-                    if let Some(last) = &self.last_key {
-                        if *last >= key {
-                            return Err(Error::Malformed {
-                                cid,
-                                message: format!("key {key:?} comes after {last:?}"),
-                            });
-                        }
+                    if self.started && self.last_key >= key {
+                        let message = format!("key {key:?} comes after {:?}", self.last_key);
+                        return Err(Error::Malformed { cid, message });
                     }
-                    self.last_key = Some(key.clone());
+                    self.last_key.clear();
+                    self.last_key.push_str(&key);
+                    self.started = true;
                     return Ok(Some(WalkItem::Record { key, cid }));
                 }
             }
@@ -166,8 +166,6 @@ pub fn diff(
         layer: None,
     }];
     let mut changes = Vec::new();
-    let mut old_root_pending = old.is_some();
-    let mut new_root_pending = true;
     loop {
         match (old_stack.last(), new_stack.last()) {
             (None, None) => break,
@@ -180,14 +178,10 @@ pub fn diff(
             (Some(Pending::Subtree { layer: a, .. }), Some(Pending::Subtree { layer: b, .. }))
                 if b > a =>
             {
-                expand_top(&mut new_stack, source, &mut new_root_pending)?;
+                expand_top(&mut new_stack, source)?;
             }
-            (Some(Pending::Subtree { .. }), _) => {
-                expand_top(&mut old_stack, source, &mut old_root_pending)?
-            }
-            (_, Some(Pending::Subtree { .. })) => {
-                expand_top(&mut new_stack, source, &mut new_root_pending)?
-            }
+            (Some(Pending::Subtree { .. }), _) => expand_top(&mut old_stack, source)?,
+            (_, Some(Pending::Subtree { .. })) => expand_top(&mut new_stack, source)?,
             (
                 Some(Pending::Leaf {
                     key: a,
@@ -247,14 +241,9 @@ pub fn diff(
     Ok(changes)
 }
 
-fn expand_top(
-    stack: &mut Vec<Pending>,
-    source: &mut dyn BlockSource,
-    root_pending: &mut bool,
-) -> Result<(), Error> {
+fn expand_top(stack: &mut Vec<Pending>, source: &mut dyn BlockSource) -> Result<(), Error> {
     if let Some(Pending::Subtree { cid, layer }) = stack.pop() {
-        let is_root = std::mem::take(root_pending);
-        if !expand(stack, source, cid, layer, is_root)? {
+        if !expand(stack, source, cid, layer)? {
             return Err(Error::MissingBlock(cid));
         }
     }
