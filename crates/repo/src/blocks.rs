@@ -113,15 +113,19 @@ impl<S: BlockSource> BlockSource for RecordingSource<'_, S> {
 /// Where one block sits in a CAR: found by a first streaming pass, read back on demand.
 #[derive(Clone, Copy, Debug)]
 struct IndexEntry {
-    /// Codec and SHA-256 digest of the CID, which together identify an atproto block.
-    codec: u64,
+    /// SHA-256 digest and codec of the CID, which together identify an atproto block. The codec is
+    /// dag-cbor or raw (the CAR reader refuses others), so a byte holds it: 48 bytes an entry, not 56.
     digest: [u8; 32],
+    codec: u8,
     offset: u64,
     len: u32,
 }
 
 /// A CAR on a seekable reader, indexed by one streaming pass, so that the MST can be walked in key
-/// order without holding the repo in memory: about 50 bytes of index per block.
+/// order without holding the repo in memory: 48 bytes of index per block.
+///
+/// Blocks read back are not hashed a second time: the reader is trusted not to change between the
+/// indexing pass and the reads (a local file, not a network stream).
 pub struct IndexedCar<R> {
     reader: R,
     header: car::CarHeader,
@@ -147,7 +151,7 @@ impl<R: Read + Seek> IndexedCar<R> {
             let mut digest = [0u8; 32];
             digest.copy_from_slice(block.cid.hash().digest());
             index.push(IndexEntry {
-                codec: block.cid.codec(),
+                codec: block.cid.codec() as u8,
                 digest,
                 offset: end - block.data.len() as u64,
                 len: block.data.len() as u32,
@@ -183,10 +187,11 @@ impl<R: Read + Seek> IndexedCar<R> {
 
     fn find(&self, cid: &Cid) -> Option<IndexEntry> {
         let digest = cid.hash().digest();
+        let codec = u8::try_from(cid.codec()).ok()?;
         if digest.len() != 32 {
             return None;
         }
-        let key = (digest, cid.codec());
+        let key = (digest, codec);
         self.index
             .binary_search_by(|entry| (entry.digest.as_slice(), entry.codec).cmp(&key))
             .ok()

@@ -2,7 +2,7 @@
 //!
 //! Both commands make one streaming pass over the file to check every block's hash and index where
 //! it is, then walk the MST in key order reading nodes and records back by offset. Memory stays near
-//! 50 bytes per block however large the repo.
+//! 48 bytes per block however large the repo.
 
 use super::did_doc;
 use anyhow::{anyhow, bail, Context};
@@ -194,8 +194,12 @@ fn records(args: RecordsArgs) -> anyhow::Result<()> {
                 let mut line = serde_json::Map::new();
                 line.insert("uri".into(), format!("at://{did}/{key}").into());
                 line.insert("cid".into(), cid.to_string().into());
-                let block = repo.car.borrow_mut().get_block(&cid)?.map(Cow::into_owned);
-                match block.map(|bytes| Value::from_cbor(&bytes)) {
+                let decoded = repo
+                    .car
+                    .borrow_mut()
+                    .get_block(&cid)?
+                    .map(|bytes| Value::from_cbor(&bytes));
+                match decoded {
                     Some(Ok(value)) => {
                         line.insert("value".into(), value.to_json());
                     }
