@@ -3,6 +3,7 @@
 use crate::{parse_cid_str, Error, Map, Value};
 use base64::Engine;
 use serde_json::Value as Json;
+use std::fmt::Write;
 
 const BASE64_NO_PAD: base64::engine::GeneralPurpose =
     base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -98,7 +99,7 @@ fn from_json_at(json: &Json, path: &mut String) -> Result<Value, Error> {
             let mut values = Vec::with_capacity(items.len());
             for (index, item) in items.iter().enumerate() {
                 let len = path.len();
-                path.push_str(&format!("[{index}]"));
+                let _ = write!(path, "[{index}]");
                 values.push(from_json_at(item, path)?);
                 path.truncate(len);
             }

@@ -37,6 +37,7 @@ pub use cid::Cid;
 pub use value::{Map, Value};
 
 use sha2::{Digest, Sha256};
+use std::fmt::Write;
 
 /// The multicodec of DAG-CBOR blocks.
 pub const DAG_CBOR: u64 = 0x71;
@@ -121,7 +122,7 @@ fn validate_types(value: &Value, path: &mut String) -> Result<(), Error> {
         Value::Array(items) => {
             for (index, item) in items.iter().enumerate() {
                 let len = path.len();
-                path.push_str(&format!("[{index}]"));
+                let _ = write!(path, "[{index}]");
                 validate_types(item, path)?;
                 path.truncate(len);
             }

@@ -1,7 +1,7 @@
 //! Signed commits: the block at the root of every repo.
 
 use butterfly_crypto::{PrivateKey, PublicKey, VerifyError};
-use butterfly_data::cbor::{Encoder, Limits};
+use butterfly_data::cbor::Encoder;
 use butterfly_data::{Cid, Value};
 use butterfly_syntax::{Did, Tid};
 
@@ -51,8 +51,7 @@ impl Commit {
     /// Decodes a commit block. Unknown fields are allowed and stay covered by the signature check.
     pub fn decode(cid: &Cid, bytes: &[u8]) -> Result<Commit, Error> {
         let field = |message: String| Error::Field { cid: *cid, message };
-        let value = Value::from_cbor_with_limits(bytes, &Limits::default())
-            .map_err(|source| Error::Cbor { cid: *cid, source })?;
+        let value = Value::from_cbor(bytes).map_err(|source| Error::Cbor { cid: *cid, source })?;
         let Value::Map(mut map) = value else {
             return Err(field("a commit must be a map".into()));
         };

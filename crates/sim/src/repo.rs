@@ -151,9 +151,10 @@ pub fn generate_repo<W: Write>(spec: &RepoSpec, out: W) -> Result<GeneratedRepo,
     while let Some(next) = pending.pop() {
         match next {
             Next::Node(cid) => {
-                let Some(bytes) = nodes.get(&cid) else {
-                    continue;
-                };
+                // Every node of the tree was just built, so a miss is a bug worth an error, not a skip.
+                let bytes = nodes
+                    .get(&cid)
+                    .ok_or(butterfly_repo::mst::Error::MissingBlock(cid))?;
                 writer.write_block(&cid, bytes)?;
                 n_blocks += 1;
                 let node = NodeData::decode(&cid, bytes)?;
@@ -166,9 +167,9 @@ pub fn generate_repo<W: Write>(spec: &RepoSpec, out: W) -> Result<GeneratedRepo,
                 pending.extend(children.into_iter().rev());
             }
             Next::Record(key) => {
-                let Ok(position) = entries.binary_search_by(|e| e.0.as_str().cmp(&key)) else {
-                    continue;
-                };
+                let position = entries
+                    .binary_search_by(|e| e.0.as_str().cmp(&key))
+                    .map_err(|_| butterfly_repo::mst::Error::InvalidKey(key.clone()))?;
                 let (_, cid, index) = &entries[position];
                 let (_, bytes) = record_bytes(spec.seed, clock_id, *index);
                 writer.write_block(cid, &bytes)?;
