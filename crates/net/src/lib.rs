@@ -1,0 +1,550 @@
+//! Outbound HTTP for Butterfly, with the safety rules every network-driven lookup needs.
+//!
+//! atproto makes a client fetch URLs that come from the network itself: `did:web` hosts, handle domains,
+//! PDS endpoints read out of DID documents. Left alone, such a URL can point at `127.0.0.1`, a cloud
+//! metadata address or a host on the private network (server-side request forgery). [`HttpClient`]
+//! therefore connects only to public addresses unless [`HttpConfig::allow_private_network`] is set (the
+//! CLI flag `--allow-private-network`, needed for a local test network). The check happens twice: on
+//! literal IP hosts before a request or redirect is made, and in the DNS resolver, which drops every
+//! non-public address a name resolves to, so a public name cannot smuggle in a private address.
+//!
+//! Every client has connect and read timeouts; [`read_body_limited`] caps how much of a body is read.
+//!
+//! The crate also picks the workspace's one rustls crypto provider, ring (already linked for P-256
+//! signatures), and installs it explicitly: [`install_crypto_provider`].
+//!
+//! It does not know XRPC, DIDs or retries: `butterfly-identity` and `butterfly-xrpc` build on it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), butterfly_net::Error> {
+//! let client = butterfly_net::HttpClient::new(&butterfly_net::HttpConfig::default())?;
+//! let url = url::Url::parse("https://example.com/.well-known/atproto-did").expect("valid url");
+//! let response = client.get_limited(&url, "text/plain", 1024).await?;
+//! println!("{} {:?}", response.status, response.body);
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use url::Url;
+
+pub use reqwest;
+pub use url;
+
+/// Installs ring as the process-wide rustls crypto provider, once. Harmless to call again, and harmless
+/// if the embedding program already installed a provider (then that one stays).
+pub fn install_crypto_provider() {
+    // Err only means a provider is already installed, which is what we want either way.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// How an [`HttpClient`] behaves. `Default` gives public addresses only and conservative timeouts.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Allow loopback, private, link-local and other non-public addresses. Only for local networks
+    /// (tests, a PDS on the same host); never for URLs from an untrusted network in production.
+    pub allow_private_network: bool,
+    /// Time to establish a TCP (and TLS) connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of a response. There is no total timeout at this level, so that a
+    /// large `getRepo` can stream for as long as it keeps moving; callers add one per request.
+    pub read_timeout: Duration,
+    /// Redirects followed per request (each is checked against the address rules).
+    pub max_redirects: usize,
+    /// The `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            allow_private_network: false,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            max_redirects: 5,
+            user_agent: concat!("butterfly/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The default configuration with non-public addresses allowed or not.
+    pub fn with_private_network(allow_private_network: bool) -> Self {
+        HttpConfig {
+            allow_private_network,
+            ..HttpConfig::default()
+        }
+    }
+}
+
+/// Errors from [`HttpClient`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL cannot be fetched: not http(s), no host, or otherwise unusable.
+    #[error("url {url}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The host is, or resolves only to, loopback, private or otherwise non-public addresses, and the
+    /// client does not allow them.
+    #[error("{host} is not a public address (allow private networks to reach it)")]
+    NonPublicAddress {
+        /// The host name or address.
+        host: String,
+    },
+    /// No response, or no further bytes, within the configured time.
+    #[error("{url}: timed out")]
+    Timeout {
+        /// The URL requested.
+        url: String,
+    },
+    /// The body is larger than the caller's limit.
+    #[error("{url}: response body exceeds {limit} bytes")]
+    TooLarge {
+        /// The URL requested.
+        url: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Connecting failed (DNS, refused, reset, TLS).
+    #[error("{url}: cannot connect: {message}")]
+    Connect {
+        /// The URL requested.
+        url: String,
+        /// The underlying error chain, as text.
+        message: String,
+    },
+    /// Any other transport failure while sending or reading.
+    #[error("{url}: {message}")]
+    Transport {
+        /// The URL requested.
+        url: String,
+        /// The underlying error chain, as text.
+        message: String,
+    },
+    /// The client could not be built (TLS configuration).
+    #[error("cannot build the http client: {0}")]
+    Build(String),
+}
+
+impl Error {
+    /// Whether trying again later may succeed: timeouts, connection failures and broken transfers.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout { .. } | Error::Connect { .. } | Error::Transport { .. }
+        )
+    }
+
+    /// Converts a reqwest error, recognising our own address-policy refusals inside it.
+    pub fn from_reqwest(url: &str, error: reqwest::Error) -> Error {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(current) = source {
+            if let Some(blocked) = current.downcast_ref::<BlockedAddress>() {
+                return Error::NonPublicAddress {
+                    host: blocked.host.clone(),
+                };
+            }
+            source = current.source();
+        }
+        let message = error_chain(&error);
+        if error.is_timeout() {
+            Error::Timeout {
+                url: url.to_owned(),
+            }
+        } else if error.is_connect() {
+            Error::Connect {
+                url: url.to_owned(),
+                message,
+            }
+        } else if error.is_builder() {
+            Error::InvalidUrl {
+                url: url.to_owned(),
+                reason: message,
+            }
+        } else {
+            Error::Transport {
+                url: url.to_owned(),
+                message,
+            }
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(current) = source {
+        let text = current.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = current.source();
+    }
+    message
+}
+
+/// Raised inside the resolver and the redirect policy; [`Error::from_reqwest`] finds it again.
+#[derive(Debug)]
+struct BlockedAddress {
+    host: String,
+}
+
+impl std::fmt::Display for BlockedAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is not a public address", self.host)
+    }
+}
+
+impl std::error::Error for BlockedAddress {}
+
+/// A body read in full, within a size limit.
+#[derive(Clone, Debug)]
+pub struct LimitedResponse {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The response headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// An HTTP client that enforces [`HttpConfig`]'s address rules and timeouts. Cheap to clone: clones share
+/// one connection pool.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: reqwest::Client,
+    allow_private_network: bool,
+}
+
+impl HttpClient {
+    /// Builds a client. Installs the crypto provider first (see [`install_crypto_provider`]).
+    pub fn new(config: &HttpConfig) -> Result<HttpClient, Error> {
+        install_crypto_provider();
+        let allow_private = config.allow_private_network;
+        let max_redirects = config.max_redirects;
+        let redirect = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > max_redirects {
+                return attempt.error(format!("more than {max_redirects} redirects"));
+            }
+            match check_url_policy(attempt.url(), allow_private) {
+                Ok(()) => attempt.follow(),
+                Err(CheckFailure::Blocked(host)) => attempt.error(BlockedAddress { host }),
+                Err(CheckFailure::Invalid(reason)) => attempt.error(reason),
+            }
+        });
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .redirect(redirect)
+            .user_agent(config.user_agent.clone())
+            .dns_resolver(Arc::new(PolicyResolver { allow_private }))
+            .build()
+            .map_err(|error| Error::Build(error_chain(&error)))?;
+        Ok(HttpClient {
+            client,
+            allow_private_network: allow_private,
+        })
+    }
+
+    /// The underlying reqwest client. Requests made on it directly still go through the policy resolver
+    /// and redirect checks, but skip [`HttpClient::check_url`] for literal IP hosts: call it first.
+    pub fn inner(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Whether non-public addresses are allowed.
+    pub fn allows_private_network(&self) -> bool {
+        self.allow_private_network
+    }
+
+    /// Checks that `url` is http(s) with a host, and that a literal IP host is public (unless allowed).
+    /// Host names are checked when they resolve.
+    pub fn check_url(&self, url: &Url) -> Result<(), Error> {
+        check_url_policy(url, self.allow_private_network).map_err(|failure| match failure {
+            CheckFailure::Blocked(host) => Error::NonPublicAddress { host },
+            CheckFailure::Invalid(reason) => Error::InvalidUrl {
+                url: url.to_string(),
+                reason,
+            },
+        })
+    }
+
+    /// Starts a request after [`HttpClient::check_url`].
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+    ) -> Result<reqwest::RequestBuilder, Error> {
+        self.check_url(url)?;
+        Ok(self.client.request(method, url.clone()))
+    }
+
+    /// Sends `request` and reads its body, failing with [`Error::TooLarge`] past `max_bytes`.
+    pub async fn send_limited(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &Url,
+        max_bytes: usize,
+    ) -> Result<LimitedResponse, Error> {
+        let response = request
+            .send()
+            .await
+            .map_err(|error| Error::from_reqwest(url.as_str(), error))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = read_body_limited(response, max_bytes).await?;
+        Ok(LimitedResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// GETs `url` with an `Accept` header and reads at most `max_bytes` of body. Any status is returned;
+    /// the caller decides what a 404 means.
+    pub async fn get_limited(
+        &self,
+        url: &Url,
+        accept: &str,
+        max_bytes: usize,
+    ) -> Result<LimitedResponse, Error> {
+        let request = self
+            .request(reqwest::Method::GET, url)?
+            .header(reqwest::header::ACCEPT, accept);
+        self.send_limited(request, url, max_bytes).await
+    }
+}
+
+/// Reads a response body, failing as soon as it exceeds `max_bytes` (by `Content-Length` or by counting),
+/// so a hostile server cannot make us buffer more than the limit.
+pub async fn read_body_limited(
+    mut response: reqwest::Response,
+    max_bytes: usize,
+) -> Result<Bytes, Error> {
+    let url = response.url().to_string();
+    let too_large = || Error::TooLarge {
+        url: url.clone(),
+        limit: max_bytes,
+    };
+    if let Some(length) = response.content_length() {
+        if length > max_bytes as u64 {
+            return Err(too_large());
+        }
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|error| Error::from_reqwest(&url, error))?
+    {
+        if body.len() + chunk.len() > max_bytes {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+enum CheckFailure {
+    Blocked(String),
+    Invalid(String),
+}
+
+fn check_url_policy(url: &Url, allow_private: bool) -> Result<(), CheckFailure> {
+    match url.scheme() {
+        "http" | "https" => {}
+        other => {
+            return Err(CheckFailure::Invalid(format!(
+                "scheme {other:?} is not http or https"
+            )))
+        }
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(CheckFailure::Invalid(
+            "credentials in the url are not allowed".to_owned(),
+        ));
+    }
+    let ip = match url.host() {
+        None => return Err(CheckFailure::Invalid("no host".to_owned())),
+        Some(url::Host::Domain(_)) => return Ok(()),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+    };
+    if allow_private || is_public_ip(&ip) {
+        Ok(())
+    } else {
+        Err(CheckFailure::Blocked(ip.to_string()))
+    }
+}
+
+/// Resolves names with the system resolver, then drops non-public addresses unless they are allowed.
+struct PolicyResolver {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let allowed: Vec<SocketAddr> = resolved
+                .filter(|address| allow_private || is_public_ip(&address.ip()))
+                .collect();
+            if allowed.is_empty() {
+                return Err(Box::new(BlockedAddress { host }) as Box<_>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether `ip` is a globally reachable unicast address: not loopback, private, link-local, shared
+/// (CGNAT), documentation, benchmarking, multicast, reserved or unspecified. IPv4 addresses embedded in
+/// IPv6 (mapped, NAT64, 6to4) are judged by the IPv4 address.
+pub fn is_public_ip(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_ipv4(v4),
+        IpAddr::V6(v6) => is_public_ipv6(v6),
+    }
+}
+
+fn is_public_ipv4(ip: &Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    let blocked = a == 0                                  // "this network"
+        || a == 10                                        // private
+        || a == 127                                       // loopback
+        || (a == 100 && (64..128).contains(&b))           // shared address space (CGNAT)
+        || (a == 169 && b == 254)                         // link-local, cloud metadata
+        || (a == 172 && (16..32).contains(&b))            // private
+        || (a == 192 && b == 0 && c == 0)                 // IETF protocol assignments
+        || (a == 192 && b == 0 && c == 2)                 // documentation
+        || (a == 192 && b == 88 && c == 99)               // 6to4 relay anycast
+        || (a == 192 && b == 168)                         // private
+        || (a == 198 && (b == 18 || b == 19))             // benchmarking
+        || (a == 198 && b == 51 && c == 100)              // documentation
+        || (a == 203 && b == 0 && c == 113)               // documentation
+        || a >= 224; // multicast, reserved, broadcast
+    !blocked
+}
+
+fn is_public_ipv6(ip: &Ipv6Addr) -> bool {
+    let segments = ip.segments();
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_ipv4(&v4);
+    }
+    let embedded_v4 = |high: u16, low: u16| {
+        let [a, b] = high.to_be_bytes();
+        let [c, d] = low.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    if segments[0] == 0x64 && segments[1] == 0xff9b && segments[2..6] == [0, 0, 0, 0] {
+        return is_public_ipv4(&embedded_v4(segments[6], segments[7])); // NAT64
+    }
+    if segments[0] == 0x2002 {
+        return is_public_ipv4(&embedded_v4(segments[1], segments[2])); // 6to4
+    }
+    let blocked = ip.is_unspecified()
+        || ip.is_loopback()
+        || segments[..6] == [0, 0, 0, 0, 0, 0]                 // IPv4-compatible (deprecated)
+        || (segments[0] & 0xfe00) == 0xfc00                    // unique local
+        || (segments[0] & 0xffc0) == 0xfe80                    // link-local
+        || (segments[0] & 0xffc0) == 0xfec0                    // site-local (deprecated)
+        || (segments[0] & 0xff00) == 0xff00                    // multicast
+        || (segments[0] == 0x2001 && segments[1] == 0x0db8)    // documentation
+        || (segments[0] == 0x2001 && segments[1] == 0)         // Teredo
+        || (segments[0] == 0x0100 && segments[1..4] == [0, 0, 0]); // discard-only
+    !blocked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(address: &str, public: bool) {
+        let ip: IpAddr = address.parse().expect("test address parses");
+        assert_eq!(is_public_ip(&ip), public, "{address}");
+    }
+
+    #[test]
+    fn classifies_addresses() {
+        for address in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "151.101.1.1",
+            "2606:4700::1111",
+            "2001:4860:4860::8888",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
+            check(address, true);
+        }
+        for address in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "198.18.0.1",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::1",
+            "::127.0.0.1",
+        ] {
+            check(address, false);
+        }
+        check("172.32.0.1", true);
+        check("100.128.0.1", true);
+    }
+
+    #[test]
+    fn literal_hosts_are_checked_before_connecting() {
+        let strict = HttpClient::new(&HttpConfig::default()).expect("client builds");
+        let open = HttpClient::new(&HttpConfig::with_private_network(true)).expect("client builds");
+        for url in [
+            "http://127.0.0.1:1/x",
+            "http://[::1]:1/x",
+            "http://169.254.169.254/latest",
+        ] {
+            let url = Url::parse(url).expect("test url parses");
+            assert!(matches!(
+                strict.check_url(&url),
+                Err(Error::NonPublicAddress { .. })
+            ));
+            assert!(open.check_url(&url).is_ok());
+        }
+        for url in ["ftp://example.com/x", "https://user:pw@example.com/"] {
+            let url = Url::parse(url).expect("test url parses");
+            assert!(matches!(
+                strict.check_url(&url),
+                Err(Error::InvalidUrl { .. })
+            ));
+        }
+    }
+}
