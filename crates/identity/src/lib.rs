@@ -1,1 +1,3 @@
-//! TODO
+//! atproto identity (being written).
+
+pub mod plc;

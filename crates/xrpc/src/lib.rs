@@ -1,1 +1,1 @@
-//! TODO
+//! atproto XRPC client (being written).

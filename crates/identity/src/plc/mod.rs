@@ -1,0 +1,1 @@
+//! PLC operations and audit-log verification (being written).
