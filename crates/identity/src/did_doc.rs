@@ -32,6 +32,9 @@ pub struct DidDocument {
     /// Service endpoints; the PDS has the fragment `#atproto_pds`.
     #[serde(default)]
     pub service: Vec<Service>,
+    /// Every other field (`@context`, ...), kept so that the document prints back whole.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One entry of `verificationMethod`.

@@ -104,7 +104,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         None => "unchecked",
         Some(path) => {
             let identity = did_doc::read(path)?;
-            if identity.did != repo.commit.did.as_str() {
+            if identity.did.as_str() != repo.commit.did.as_str() {
                 "did-mismatch"
             } else if repo.commit.verify_signature(&identity.key).is_ok() {
                 "valid"

@@ -2,6 +2,8 @@
 
 mod car;
 mod did_doc;
+mod network;
+mod resolve;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +21,8 @@ enum Command {
     /// Read, verify and list repo CAR files.
     #[command(subcommand)]
     Car(car::CarCommand),
+    /// Resolve a handle or DID, checking the handle both ways.
+    Resolve(resolve::ResolveArgs),
     /// Generate synthetic data for tests and benchmarks.
     #[command(subcommand)]
     Sim(sim::SimCommand),
@@ -28,6 +32,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Car(command) => car::run(command),
+        Command::Resolve(args) => resolve::run(args),
         Command::Sim(command) => sim::run(command),
     }
 }
