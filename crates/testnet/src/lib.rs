@@ -52,6 +52,33 @@ pub fn peers_dir() -> PathBuf {
     }
 }
 
+/// Runs `npm ci` in the peers folder unless the installed tree matches `package-lock.json` (the same
+/// stamp `.ci/run` writes). Test binaries run in parallel, so the check and install hold a file lock.
+fn ensure_installed(dir: &std::path::Path) {
+    const SCRIPT: &str = r#"
+        want=$(sha256sum package-lock.json | cut -d' ' -f1)
+        if [ "$(cat node_modules/.butterfly-ci-installed 2>/dev/null)" != "$want" ]; then
+          echo "butterfly-testnet: installing the reference network (npm ci, about 2 minutes)" >&2
+          npm ci --no-audit --no-fund --loglevel=error >&2 || exit 1
+          echo "$want" > node_modules/.butterfly-ci-installed
+        fi
+    "#;
+    let status = Command::new("flock")
+        .arg(dir.join(".butterfly-install.lock"))
+        .args(["sh", "-c", SCRIPT])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .status();
+    match status {
+        Ok(status) if status.success() => {}
+        other => panic!(
+            "cannot install the reference network in {} ({other:?}): run `npm ci` there by hand \
+             (needs npm and util-linux flock)",
+            dir.display()
+        ),
+    }
+}
+
 impl TestNetwork {
     /// Starts a seeded network and waits (up to two minutes) for its ready line.
     ///
@@ -71,11 +98,7 @@ impl TestNetwork {
             "the reference network is not at {}: put shared/ beside the workspace or set BUTTERFLY_PEERS_DIR",
             dir.display()
         );
-        assert!(
-            dir.join("node_modules").is_dir(),
-            "the reference network is not installed: run `npm ci` in {}",
-            dir.display()
-        );
+        ensure_installed(&dir);
         let mut command = Command::new(&script);
         command
             .current_dir(&dir)
