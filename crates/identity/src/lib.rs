@@ -43,4 +43,4 @@ pub use cache::{CacheEntry, CacheKey, CacheStore, CachedValue, MemoryCache};
 pub use did_doc::{DidDocument, Service, VerificationMethod, MAX_DOCUMENT_BYTES};
 pub use directory::{CacheConfig, Directory, ResolvedIdentity};
 pub use error::Error;
-pub use resolve::{did_web_url, Resolver, ResolverConfig, DEFAULT_PLC_URL, MAX_AUDIT_LOG_BYTES};
+pub use resolve::{did_web_url, Resolver, ResolverConfig, DEFAULT_PLC_URL};

@@ -23,10 +23,6 @@ pub const DEFAULT_PLC_URL: &str = "https://plc.directory";
 /// The largest `/.well-known/atproto-did` body read. A DID is under 2 KiB by spec.
 const MAX_WELL_KNOWN_BYTES: usize = 4 * 1024;
 
-/// The largest PLC audit log read. Logs of real accounts are a few KiB; this leaves room for long
-/// histories without letting a hostile directory exhaust memory.
-pub const MAX_AUDIT_LOG_BYTES: usize = 8 * 1024 * 1024;
-
 /// The largest `resolveHandle` answer read.
 const MAX_RESOLVE_HANDLE_BYTES: usize = 16 * 1024;
 
@@ -59,6 +55,10 @@ pub struct ResolverConfig {
     pub well_known_base: Option<Url>,
     /// Total time for one lookup (DNS, HTTP request and body).
     pub lookup_timeout: Duration,
+    /// Build `did:plc` documents from the DID's verified audit log (`plc::verify_audit_log`) instead
+    /// of taking the directory's document on trust. Costs one larger request and a signature check
+    /// per operation.
+    pub verify_plc_audit: bool,
 }
 
 impl Default for ResolverConfig {
@@ -69,6 +69,7 @@ impl Default for ResolverConfig {
             dns_servers: None,
             well_known_base: None,
             lookup_timeout: Duration::from_secs(10),
+            verify_plc_audit: false,
         }
     }
 }
@@ -127,6 +128,9 @@ impl Resolver {
 
     /// Fetches the DID document of `did` (`did:plc` from the directory, `did:web` from its host).
     pub async fn fetch_did_document(&self, did: &Did) -> Result<DidDocument, Error> {
+        if did.method() == "plc" && self.config.verify_plc_audit {
+            return self.fetch_verified_plc_document(did).await;
+        }
         let url = self.did_document_url(did)?;
         let response = self
             .get(
@@ -160,7 +164,7 @@ impl Resolver {
         }
         let url = self.plc_url(&format!("{did}/log/audit"))?;
         let response = self
-            .get(&url, "application/json", MAX_AUDIT_LOG_BYTES)
+            .get(&url, "application/json", crate::plc::MAX_AUDIT_LOG_BYTES)
             .await?;
         match response.status {
             200 => Ok(response.body.to_vec()),
@@ -172,6 +176,31 @@ impl Resolver {
                 status,
             }),
         }
+    }
+
+    /// Fetches and verifies the audit log of a `did:plc`, and renders the document its current state
+    /// gives. A tombstoned DID is [`Error::DidDeactivated`]; a log that fails is
+    /// [`Error::InvalidAuditLog`].
+    pub async fn fetch_verified_plc_document(&self, did: &Did) -> Result<DidDocument, Error> {
+        let log = self.fetch_plc_audit_log(did).await?;
+        let invalid = |reason: String| Error::InvalidAuditLog {
+            did: did.to_string(),
+            reason,
+        };
+        let entries =
+            crate::plc::parse_audit_log(&log).map_err(|error| invalid(error.to_string()))?;
+        let state = crate::plc::verify_audit_log(did, &entries)
+            .into_state()
+            .map_err(|error| invalid(error.to_string()))?;
+        let Some(data) = state.data() else {
+            return Err(Error::DidDeactivated {
+                did: did.to_string(),
+            });
+        };
+        let document = data
+            .to_did_document(did)
+            .map_err(|error| invalid(error.to_string()))?;
+        DidDocument::parse(document.to_string().as_bytes(), did)
     }
 
     fn plc_url(&self, path: &str) -> Result<Url, Error> {

@@ -97,6 +97,23 @@ async fn resolves_the_seeded_accounts_both_ways_and_follows_a_handle_change() {
         assert!(by_handle.handle_verified);
     }
 
+    // Trusting the verified audit log instead of the directory's document gives the same identity.
+    let audited = new_directory(ResolverConfig {
+        plc_url: url(&network.plc),
+        handle_resolver: Some(url(&network.pds)),
+        verify_plc_audit: true,
+        ..ResolverConfig::default()
+    });
+    for account in &network.accounts {
+        let did = Did::parse(&account.did).expect("seeded DID");
+        let from_log = audited.resolve_did(&did).await.expect("audited");
+        let from_directory = directory.resolve_did(&did).await.expect("directory");
+        assert!(from_log.handle_verified);
+        assert_eq!(from_log.handle, from_directory.handle);
+        assert_eq!(from_log.pds, from_directory.pds);
+        assert_eq!(from_log.signing_key, from_directory.signing_key);
+    }
+
     // The same through HTTPS well-known (sent to the PDS with the handle as Host): no DNS exists here.
     let well_known = new_directory(ResolverConfig {
         plc_url: url(&network.plc),
