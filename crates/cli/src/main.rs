@@ -1,8 +1,9 @@
 //! `butterfly`: the command-line interface. Flags and wiring only; the work happens in the library
 //! crates.
 //!
-//! Exit codes: 0 on success (also when stdout is closed early, as by `head`), 2 on any error, with
-//! the error chain printed on one line to stderr.
+//! Exit codes: 0 on success (also when stdout is closed early, as by `head`), 1 when a check ran and
+//! failed (`plc audit` of an invalid log), 2 on any error, with the error chain printed on one line to
+//! stderr.
 
 mod commands;
 
@@ -12,7 +13,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = commands::Cli::parse();
     match commands::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(commands::Outcome::Success) => ExitCode::SUCCESS,
+        Ok(commands::Outcome::CheckFailed) => ExitCode::from(1),
         Err(error) => {
             if is_broken_pipe(&error) {
                 return ExitCode::SUCCESS;

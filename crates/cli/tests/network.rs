@@ -17,6 +17,24 @@ fn butterfly(args: &[&str], allow_private: bool) -> Output {
     command.output().unwrap()
 }
 
+/// A plain HTTP/1.0 GET of a `http://localhost:PORT/path` URL; the body of a 200 answer.
+fn http_get(url: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    response[split + 4..].to_vec()
+}
+
 fn json_ok(args: &[&str]) -> Json {
     let output = butterfly(args, true);
     assert!(
@@ -129,4 +147,94 @@ fn resolve_prints_the_documented_json_for_every_seeded_account() {
         );
         assert_eq!(output.status.code(), Some(2), "{unknown}");
     }
+}
+
+#[test]
+fn plc_audit_verifies_logs_from_the_directory_and_from_files() {
+    let network = TestNetwork::start();
+    let dir = tempfile::tempdir().unwrap();
+    for account in &network.accounts {
+        let out = json_ok(&[
+            "plc",
+            "audit",
+            &account.did,
+            "--plc",
+            &network.plc,
+            "--json",
+        ]);
+        let keys: Vec<&str> = out
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "did",
+                "valid",
+                "error",
+                "handle",
+                "pds",
+                "signing_key",
+                "ops",
+                "nullified"
+            ]
+        );
+        assert_eq!(out["did"], account.did.as_str());
+        assert_eq!(out["valid"], true);
+        assert_eq!(out["error"], Json::Null);
+        assert_eq!(out["handle"], account.handle.as_str());
+        assert_eq!(out["pds"], network.pds.as_str());
+        assert_eq!(out["ops"], 1);
+        assert_eq!(out["nullified"], 0);
+        let resolved = json_ok(&[
+            "resolve",
+            &account.did,
+            "--plc",
+            &network.plc,
+            "--handle-resolver",
+            &network.pds,
+            "--json",
+        ]);
+        assert_eq!(out["signing_key"], resolved["signing_key"]);
+    }
+
+    // The same log saved to a file verifies offline; a tampered copy does not (exit 1).
+    let alice = network.account("alice");
+    let log = http_get(&format!("{}/{}/log/audit", network.plc, alice.did));
+    let saved = dir.path().join("alice.json");
+    std::fs::write(&saved, &log).unwrap();
+    let offline = butterfly(
+        &["plc", "audit", "--log", saved.to_str().unwrap(), "--json"],
+        false,
+    );
+    assert!(offline.status.success());
+    let offline: Json = serde_json::from_slice(&offline.stdout).unwrap();
+    assert_eq!(offline["valid"], true);
+    assert_eq!(offline["did"], alice.did.as_str());
+
+    let tampered_text = String::from_utf8(log)
+        .unwrap()
+        .replace("at://alice.test", "at://mallory.test");
+    let tampered = dir.path().join("tampered.json");
+    std::fs::write(&tampered, tampered_text).unwrap();
+    let output = butterfly(
+        &[
+            "plc",
+            "audit",
+            "--log",
+            tampered.to_str().unwrap(),
+            "--json",
+        ],
+        false,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let report: Json = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    assert!(
+        report["error"].as_str().unwrap().contains("cid"),
+        "{report}"
+    );
+    assert_eq!(report["handle"], Json::Null);
 }

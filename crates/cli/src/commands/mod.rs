@@ -3,6 +3,7 @@
 mod car;
 mod did_doc;
 mod network;
+mod plc;
 mod resolve;
 mod sim;
 
@@ -21,6 +22,9 @@ enum Command {
     /// Read, verify and list repo CAR files.
     #[command(subcommand)]
     Car(car::CarCommand),
+    /// Work with did:plc identities.
+    #[command(subcommand)]
+    Plc(plc::PlcCommand),
     /// Resolve a handle or DID, checking the handle both ways.
     Resolve(resolve::ResolveArgs),
     /// Generate synthetic data for tests and benchmarks.
@@ -28,11 +32,25 @@ enum Command {
     Sim(sim::SimCommand),
 }
 
+/// What a command found, beyond success or error: checks that ran and failed exit with code 1.
+pub enum Outcome {
+    Success,
+    CheckFailed,
+}
+
 /// Runs the parsed command.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let succeeded = |()| Outcome::Success;
     match cli.command {
-        Command::Car(command) => car::run(command),
-        Command::Resolve(args) => resolve::run(args),
-        Command::Sim(command) => sim::run(command),
+        Command::Car(command) => car::run(command).map(succeeded),
+        Command::Plc(command) => plc::run(command).map(|valid| {
+            if valid {
+                Outcome::Success
+            } else {
+                Outcome::CheckFailed
+            }
+        }),
+        Command::Resolve(args) => resolve::run(args).map(succeeded),
+        Command::Sim(command) => sim::run(command).map(succeeded),
     }
 }
