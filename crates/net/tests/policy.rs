@@ -61,7 +61,10 @@ async fn bodies_over_the_limit_fail() {
         .get_limited(&url, "text/plain", 9_999)
         .await
         .expect_err("over the limit");
-    assert!(matches!(error, Error::TooLarge { limit: 9_999, .. }), "{error:?}");
+    assert!(
+        matches!(error, Error::TooLarge { limit: 9_999, .. }),
+        "{error:?}"
+    );
     let response = open
         .get_limited(&url, "text/plain", 10_000)
         .await

@@ -48,7 +48,10 @@ pub struct TestNetwork {
 pub fn peers_dir() -> PathBuf {
     match std::env::var_os("BUTTERFLY_PEERS_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/peers")),
+        None => PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/peers"
+        )),
     }
 }
 
