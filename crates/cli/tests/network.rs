@@ -99,6 +99,20 @@ fn resolve_prints_the_documented_json_for_every_seeded_account() {
             assert_eq!(out["doc"]["id"], account.did.as_str());
         }
         assert_eq!(plc_key(&account.did), plc_key(&account.handle));
+        // The same identity when built from the verified audit log instead of the directory.
+        let audited = json_ok(&[
+            "resolve",
+            &account.did,
+            "--plc",
+            &network.plc,
+            "--handle-resolver",
+            &network.pds,
+            "--verify-plc-audit",
+            "--json",
+        ]);
+        assert_eq!(audited["handle_verified"], true);
+        assert_eq!(audited["signing_key"], plc_key(&account.did).as_str());
+        assert_eq!(audited["pds"], network.pds.as_str());
     }
 
     // Without permission for private addresses, the local network is out of reach: exit 2, one line.

@@ -37,6 +37,10 @@ pub struct IdentityArgs {
     /// still checked against the DID document.
     #[arg(long, value_name = "URL", env = "BUTTERFLY_HANDLE_RESOLVER")]
     pub handle_resolver: Option<Url>,
+    /// Build did:plc documents from each DID's verified audit log instead of trusting the directory's
+    /// document.
+    #[arg(long)]
+    pub verify_plc_audit: bool,
     #[command(flatten)]
     pub network: NetworkArgs,
 }
@@ -46,6 +50,7 @@ impl IdentityArgs {
         let config = ResolverConfig {
             plc_url: self.plc_url.clone(),
             handle_resolver: self.handle_resolver.clone(),
+            verify_plc_audit: self.verify_plc_audit,
             ..ResolverConfig::default()
         };
         Ok(Resolver::new(self.network.http_client()?, config)?)
