@@ -433,12 +433,11 @@ impl Resolver {
         accept: &str,
         max_bytes: usize,
     ) -> Result<LimitedResponse, Error> {
-        let request = self
+        let timeout = self.config.lookup_timeout;
+        Ok(self
             .http
-            .request(butterfly_net::reqwest::Method::GET, url)?
-            .header("accept", accept)
-            .timeout(self.config.lookup_timeout);
-        Ok(self.http.send_limited(request, url, max_bytes).await?)
+            .get_limited(url, accept, max_bytes, timeout)
+            .await?)
     }
 }
 

@@ -35,6 +35,7 @@ async fn plc_signing_key(network: &TestNetwork, did: &str) -> String {
             &url(&format!("{}/{did}/data", network.plc)),
             "application/json",
             65536,
+            std::time::Duration::from_secs(10),
         )
         .await
         .expect("PLC data");

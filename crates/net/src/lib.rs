@@ -19,7 +19,8 @@
 //! # async fn demo() -> Result<(), butterfly_net::Error> {
 //! let client = butterfly_net::HttpClient::new(&butterfly_net::HttpConfig::default())?;
 //! let url = url::Url::parse("https://example.com/.well-known/atproto-did").expect("valid url");
-//! let response = client.get_limited(&url, "text/plain", 1024).await?;
+//! let timeout = std::time::Duration::from_secs(10);
+//! let response = client.get_limited(&url, "text/plain", 1024, timeout).await?;
 //! println!("{} {:?}", response.status, response.body);
 //! # Ok(()) }
 //! ```
@@ -312,17 +313,20 @@ impl HttpClient {
         })
     }
 
-    /// GETs `url` with an `Accept` header and reads at most `max_bytes` of body. Any status is returned;
-    /// the caller decides what a 404 means.
+    /// GETs `url` with an `Accept` header and reads at most `max_bytes` of body, all within `timeout`
+    /// (so a server that trickles bytes cannot hold the call open). Any status is returned; the caller
+    /// decides what a 404 means.
     pub async fn get_limited(
         &self,
         url: &Url,
         accept: &str,
         max_bytes: usize,
+        timeout: Duration,
     ) -> Result<LimitedResponse, Error> {
         let request = self
             .request(reqwest::Method::GET, url)?
-            .header(reqwest::header::ACCEPT, accept);
+            .header(reqwest::header::ACCEPT, accept)
+            .timeout(timeout);
         self.send_limited(request, url, max_bytes).await
     }
 }
@@ -343,7 +347,9 @@ pub async fn read_body_limited(
             return Err(too_large());
         }
     }
-    let mut body = BytesMut::new();
+    // Content-Length is only a hint (it was checked above), so the buffer still grows if it lies.
+    let expected = response.content_length().unwrap_or(0).min(max_bytes as u64) as usize;
+    let mut body = BytesMut::with_capacity(expected);
     while let Some(chunk) = response
         .chunk()
         .await

@@ -5,6 +5,8 @@ use std::time::Duration;
 use butterfly_net::{Error, HttpClient, HttpConfig};
 use url::Url;
 
+const LOOKUP: Duration = Duration::from_secs(10);
+
 async fn serve(router: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -35,7 +37,7 @@ async fn names_that_resolve_to_loopback_are_refused_unless_allowed() {
 
     let strict = HttpClient::new(&HttpConfig::default()).expect("client");
     let error = strict
-        .get_limited(&url, "text/plain", 100)
+        .get_limited(&url, "text/plain", 100, LOOKUP)
         .await
         .expect_err("localhost is not public");
     assert!(
@@ -45,7 +47,7 @@ async fn names_that_resolve_to_loopback_are_refused_unless_allowed() {
 
     let open = HttpClient::new(&HttpConfig::with_private_network(true)).expect("client");
     let response = open
-        .get_limited(&url, "text/plain", 100)
+        .get_limited(&url, "text/plain", 100, LOOKUP)
         .await
         .expect("allowed when private networks are");
     assert_eq!(response.status, 200);
@@ -58,7 +60,7 @@ async fn bodies_over_the_limit_fail() {
     let url = Url::parse(&format!("{base}/big")).expect("url");
     let open = HttpClient::new(&HttpConfig::with_private_network(true)).expect("client");
     let error = open
-        .get_limited(&url, "text/plain", 9_999)
+        .get_limited(&url, "text/plain", 9_999, LOOKUP)
         .await
         .expect_err("over the limit");
     assert!(
@@ -66,7 +68,7 @@ async fn bodies_over_the_limit_fail() {
         "{error:?}"
     );
     let response = open
-        .get_limited(&url, "text/plain", 10_000)
+        .get_limited(&url, "text/plain", 10_000, LOOKUP)
         .await
         .expect("at the limit");
     assert_eq!(response.body.len(), 10_000);
@@ -82,11 +84,24 @@ async fn a_silent_server_times_out() {
     };
     let client = HttpClient::new(&config).expect("client");
     let error = client
-        .get_limited(&url, "text/plain", 100)
+        .get_limited(&url, "text/plain", 100, LOOKUP)
         .await
         .expect_err("times out");
     assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
     assert!(error.is_transient());
+}
+
+#[tokio::test]
+async fn a_whole_body_read_has_a_deadline() {
+    let base = serve(router()).await;
+    let url = Url::parse(&format!("{base}/slow")).expect("url");
+    // The read timeout (30 s) alone would wait for the answer; the call's deadline does not.
+    let client = HttpClient::new(&HttpConfig::with_private_network(true)).expect("client");
+    let error = client
+        .get_limited(&url, "text/plain", 100, Duration::from_millis(200))
+        .await
+        .expect_err("past the deadline");
+    assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
 }
 
 #[tokio::test]
@@ -99,7 +114,7 @@ async fn refused_connections_are_transient_errors() {
     let url = Url::parse(&format!("http://127.0.0.1:{port}/")).expect("url");
     let client = HttpClient::new(&HttpConfig::with_private_network(true)).expect("client");
     let error = client
-        .get_limited(&url, "text/plain", 100)
+        .get_limited(&url, "text/plain", 100, LOOKUP)
         .await
         .expect_err("nothing listens");
     assert!(matches!(error, Error::Connect { .. }), "{error:?}");

@@ -356,7 +356,7 @@ async fn get_repo(network: &TestNetwork, client: &XrpcClient, did: &Did, since: 
     let plc = Url::parse(&format!("{}/{}/data", network.plc, did)).expect("plc url");
     let response = client
         .http()
-        .get_limited(&plc, "application/json", 1 << 20)
+        .get_limited(&plc, "application/json", 1 << 20, Duration::from_secs(10))
         .await
         .expect("plc data");
     assert_eq!(response.status, 200);
