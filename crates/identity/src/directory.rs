@@ -67,11 +67,19 @@ pub struct ResolvedIdentity {
 
 type SharedLookup = Shared<BoxFuture<'static, Result<CacheEntry, Error>>>;
 
+/// The one fetch of a key under way. `id` tells it apart from a later fetch of the same key, so that a
+/// fetch overtaken by `purge` neither stores its (possibly outdated) answer nor unregisters its successor.
+struct InFlight {
+    id: u64,
+    lookup: SharedLookup,
+}
+
 struct Inner {
     resolver: Resolver,
     store: Arc<dyn CacheStore>,
     config: CacheConfig,
-    in_flight: Mutex<HashMap<CacheKey, SharedLookup>>,
+    in_flight: Mutex<HashMap<CacheKey, InFlight>>,
+    next_fetch_id: std::sync::atomic::AtomicU64,
     last_forced_refetch: Mutex<HashMap<Did, std::time::Instant>>,
 }
 
@@ -114,6 +122,7 @@ impl Directory {
                 store,
                 config,
                 in_flight: Mutex::new(HashMap::new()),
+                next_fetch_id: std::sync::atomic::AtomicU64::new(0),
                 last_forced_refetch: Mutex::new(HashMap::new()),
             }),
         }
@@ -185,7 +194,8 @@ impl Directory {
 
     /// Forgets what is cached for `identifier`: for a DID, its document and the handle it claimed; for a
     /// handle, its DID. Call it when a firehose `#identity` event arrives. A lookup already in flight is
-    /// detached, so the next lookup fetches anew.
+    /// detached: its callers still get its answer, but it is not cached, and the next lookup fetches
+    /// anew (the answer may predate the change that caused the purge).
     pub fn purge(&self, identifier: &AtIdentifier) {
         let mut keys = Vec::new();
         match identifier {
@@ -290,48 +300,71 @@ impl Directory {
             match self.freshness(&entry) {
                 Freshness::Fresh => return Ok(entry),
                 Freshness::Stale => {
-                    let refetch = self.fetch_shared(key);
-                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                        runtime.spawn(async move {
-                            let _ = refetch.await;
-                        });
+                    // Only the caller that starts the refetch drives it; later ones just serve.
+                    let (refetch, started) = self.fetch_shared(key);
+                    if started {
+                        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                            runtime.spawn(async move {
+                                let _ = refetch.await;
+                            });
+                        }
                     }
                     return Ok(entry);
                 }
                 Freshness::Expired => {}
             }
         }
-        self.fetch_shared(key).await
+        self.fetch_shared(key).0.await
     }
 
-    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, SharedLookup>> {
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, InFlight>> {
         self.inner
             .in_flight
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Starts (or joins) the one fetch of `key`. The fetch stores its answer and removes itself from
-    /// the in-flight map when done, whether or not anyone still waits for it.
-    fn fetch_shared(&self, key: CacheKey) -> SharedLookup {
+    /// Joins the fetch of `key` under way, or starts one (then `true`). When done, a fetch that is still
+    /// the registered one stores its answer and unregisters, under the same lock `purge` takes.
+    fn fetch_shared(&self, key: CacheKey) -> (SharedLookup, bool) {
         let mut in_flight = self.lock_in_flight();
         if let Some(existing) = in_flight.get(&key) {
-            return existing.clone();
+            return (existing.lookup.clone(), false);
         }
+        let id = self
+            .inner
+            .next_fetch_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let directory = self.clone();
         let fetch_key = key.clone();
         let lookup = async move {
-            let result = directory.fetch_and_store(&fetch_key).await;
-            directory.lock_in_flight().remove(&fetch_key);
+            let result = directory.fetch(&fetch_key).await;
+            let mut in_flight = directory.lock_in_flight();
+            if in_flight
+                .get(&fetch_key)
+                .is_some_and(|current| current.id == id)
+            {
+                in_flight.remove(&fetch_key);
+                if let Ok(entry) = &result {
+                    directory.inner.store.put(fetch_key, entry.clone());
+                }
+            }
             result
         }
         .boxed()
         .shared();
-        in_flight.insert(key, lookup.clone());
-        lookup
+        in_flight.insert(
+            key,
+            InFlight {
+                id,
+                lookup: lookup.clone(),
+            },
+        );
+        (lookup, true)
     }
 
-    async fn fetch_and_store(&self, key: &CacheKey) -> Result<CacheEntry, Error> {
+    /// One uncached lookup; definite misses become [`CachedValue::Missing`], other failures errors.
+    async fn fetch(&self, key: &CacheKey) -> Result<CacheEntry, Error> {
         let fetched = match key {
             CacheKey::Did(did) => self
                 .inner
@@ -354,12 +387,10 @@ impl Directory {
                 return Err(error);
             }
         };
-        let entry = CacheEntry {
+        Ok(CacheEntry {
             value,
             fetched_at: SystemTime::now(),
-        };
-        self.inner.store.put(key.clone(), entry.clone());
-        Ok(entry)
+        })
     }
 }
 

@@ -21,6 +21,8 @@ struct Plc {
     requests: Arc<AtomicUsize>,
     /// The multikey served as `#atproto`; `None` answers 404, `Some("500")` answers 500.
     key: Arc<Mutex<Option<String>>>,
+    /// Answer only after 300 ms, with the key read when the request arrived.
+    slow: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn serve_document(
@@ -29,6 +31,9 @@ async fn serve_document(
 ) -> axum::response::Response {
     plc.requests.fetch_add(1, Ordering::SeqCst);
     let key = plc.key.lock().expect("lock").clone();
+    if plc.slow.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     match key.as_deref() {
         None => (StatusCode::NOT_FOUND, "{\"message\":\"DID not registered\"}").into_response(),
         Some("500") => (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response(),
@@ -50,6 +55,7 @@ async fn start(initial_key: Option<String>) -> (Plc, Url) {
     let plc = Plc {
         requests: Arc::new(AtomicUsize::new(0)),
         key: Arc::new(Mutex::new(initial_key)),
+        slow: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     let router = axum::Router::new()
         .route("/{did}", axum::routing::get(serve_document))
@@ -233,5 +239,34 @@ async fn purge_forces_the_next_lookup_to_fetch() {
     assert_eq!(plc.requests.load(Ordering::SeqCst), 1);
     directory.purge(&AtIdentifier::Did(did()));
     directory.did_document(&did()).await.expect("refetched");
+    assert_eq!(plc.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_overtaken_by_purge_is_not_cached() {
+    let (plc, url) = start(Some(key(1).public_key().to_multikey())).await;
+    let directory = directory(url, CacheConfig::default());
+    plc.slow.store(true, Ordering::SeqCst);
+    let early = {
+        let directory = directory.clone();
+        tokio::spawn(async move { directory.did_document(&did()).await })
+    };
+    wait_for_requests(&plc, 1).await;
+    // The identity changes while that lookup is under way, and an #identity event purges it.
+    let rotated = key(2).public_key().to_multikey();
+    *plc.key.lock().expect("lock") = Some(rotated.clone());
+    directory.purge(&AtIdentifier::Did(did()));
+    let early = early.await.expect("task").expect("early answer");
+    assert_ne!(
+        early.verification_method[0].public_key_multibase,
+        Some(rotated.clone())
+    );
+
+    plc.slow.store(false, Ordering::SeqCst);
+    let fresh = directory.did_document(&did()).await.expect("fresh");
+    assert_eq!(
+        fresh.verification_method[0].public_key_multibase,
+        Some(rotated)
+    );
     assert_eq!(plc.requests.load(Ordering::SeqCst), 2);
 }
