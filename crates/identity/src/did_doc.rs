@@ -1,5 +1,7 @@
 //! DID documents: the parts atproto uses (signing key, PDS endpoint, handle), in current and legacy forms.
 
+use std::sync::OnceLock;
+
 use butterfly_crypto::PublicKey;
 use butterfly_syntax::{Did, Handle};
 use serde::{Deserialize, Serialize};
@@ -19,23 +21,37 @@ const MAX_LIST_LEN: usize = 64;
 /// Both shapes in use are understood: current (`Multikey` with a compressed multibase key, ids written
 /// `did:...#atproto`) and legacy (`EcdsaSecp256k1VerificationKey2019` / `EcdsaSecp256r1VerificationKey2019`
 /// with an uncompressed key, ids written `#atproto`), as the reference PLC directory still serves.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The fields are read-only, so the signing key can be parsed once and kept: parsing a point costs
+/// about a third of a signature check, and every firehose commit needs the key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DidDocument {
-    /// The DID the document is for.
-    pub id: String,
-    /// Other names for the subject: atproto puts the handle here as `at://HANDLE`.
+    id: String,
     #[serde(rename = "alsoKnownAs", default)]
-    pub also_known_as: Vec<String>,
-    /// Public keys; atproto's signing key has the fragment `#atproto`.
+    also_known_as: Vec<String>,
     #[serde(rename = "verificationMethod", default)]
-    pub verification_method: Vec<VerificationMethod>,
-    /// Service endpoints; the PDS has the fragment `#atproto_pds`.
+    verification_method: Vec<VerificationMethod>,
     #[serde(default)]
-    pub service: Vec<Service>,
+    service: Vec<Service>,
     /// Every other field (`@context`, ...), kept so that the document prints back whole.
     #[serde(flatten)]
-    pub other: serde_json::Map<String, serde_json::Value>,
+    other: serde_json::Map<String, serde_json::Value>,
+    #[serde(skip)]
+    parsed_signing_key: OnceLock<Result<Option<PublicKey>, Error>>,
 }
+
+impl PartialEq for DidDocument {
+    fn eq(&self, other: &DidDocument) -> bool {
+        // The parsed key is derived from the fields, so it is left out.
+        self.id == other.id
+            && self.also_known_as == other.also_known_as
+            && self.verification_method == other.verification_method
+            && self.service == other.service
+            && self.other == other.other
+    }
+}
+
+impl Eq for DidDocument {}
 
 /// One entry of `verificationMethod`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +97,26 @@ impl DidDocument {
         }
         let document: DidDocument =
             serde_json::from_slice(bytes).map_err(|error| invalid(error.to_string()))?;
+        document.checked(expected)
+    }
+
+    /// Like [`DidDocument::parse`], from JSON already in memory.
+    pub(crate) fn from_json(json: serde_json::Value, expected: &Did) -> Result<DidDocument, Error> {
+        let document: DidDocument =
+            serde_json::from_value(json).map_err(|error| Error::InvalidDocument {
+                did: expected.to_string(),
+                reason: error.to_string(),
+            })?;
+        document.checked(expected)
+    }
+
+    /// Checks the id and the list lengths.
+    fn checked(self, expected: &Did) -> Result<DidDocument, Error> {
+        let document = self;
+        let invalid = |reason: String| Error::InvalidDocument {
+            did: expected.to_string(),
+            reason,
+        };
         if document.id != expected.as_str() {
             return Err(invalid(format!("the document is for {:?}", document.id)));
         }
@@ -98,8 +134,28 @@ impl DidDocument {
         Ok(document)
     }
 
-    /// The document's DID. The id was checked by [`DidDocument::parse`]; a document built by hand may
-    /// hold anything, hence the `Result`.
+    /// The `id` field, as written.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// `alsoKnownAs`: other names for the subject; atproto puts the handle here as `at://HANDLE`.
+    pub fn also_known_as(&self) -> &[String] {
+        &self.also_known_as
+    }
+
+    /// `verificationMethod`: public keys; atproto's signing key has the fragment `#atproto`.
+    pub fn verification_methods(&self) -> &[VerificationMethod] {
+        &self.verification_method
+    }
+
+    /// `service`: endpoints; the PDS has the fragment `#atproto_pds`.
+    pub fn services(&self) -> &[Service] {
+        &self.service
+    }
+
+    /// The document's DID. The id was checked by [`DidDocument::parse`]; a document deserialized some
+    /// other way may hold anything, hence the `Result`.
     pub fn did(&self) -> Result<Did, Error> {
         Did::parse(&self.id).map_err(|error| Error::InvalidDocument {
             did: self.id.clone(),
@@ -115,8 +171,15 @@ impl DidDocument {
         }
     }
 
-    /// The atproto signing key (`#atproto`). `Ok(None)` when the document has none.
+    /// The atproto signing key (`#atproto`). `Ok(None)` when the document has none. Parsed on the first
+    /// call and kept.
     pub fn signing_key(&self) -> Result<Option<PublicKey>, Error> {
+        self.parsed_signing_key
+            .get_or_init(|| self.parse_signing_key())
+            .clone()
+    }
+
+    fn parse_signing_key(&self) -> Result<Option<PublicKey>, Error> {
         let Some(method) = self
             .verification_method
             .iter()

@@ -167,7 +167,8 @@ impl Resolver {
             .get(&url, "application/json", crate::plc::MAX_AUDIT_LOG_BYTES)
             .await?;
         match response.status {
-            200 => Ok(response.body.to_vec()),
+            // Unshared, so this takes the buffer without copying it.
+            200 => Ok(response.body.into()),
             404 => Err(Error::DidNotFound {
                 did: did.to_string(),
             }),
@@ -200,7 +201,7 @@ impl Resolver {
         let document = data
             .to_did_document(did)
             .map_err(|error| invalid(error.to_string()))?;
-        DidDocument::parse(document.to_string().as_bytes(), did)
+        DidDocument::from_json(document, did)
     }
 
     fn plc_url(&self, path: &str) -> Result<Url, Error> {
@@ -415,11 +416,12 @@ impl Resolver {
                     reason: format!("resolveHandle answer {text:?}: {error}"),
                 })
             }
-            400 | 404 if body["error"] == "HandleNotFound" || response.status == 404 => {
-                Err(Error::HandleNotFound {
-                    handle: normalized.to_string(),
-                })
-            }
+            404 => Err(Error::HandleNotFound {
+                handle: normalized.to_string(),
+            }),
+            400 if body["error"] == "HandleNotFound" => Err(Error::HandleNotFound {
+                handle: normalized.to_string(),
+            }),
             status => Err(Error::HttpStatus {
                 url: url.to_string(),
                 status,

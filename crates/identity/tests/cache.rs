@@ -177,7 +177,9 @@ async fn stale_entries_are_served_while_a_refetch_runs() {
         },
     );
     let served = |document: &butterfly_identity::DidDocument| {
-        document.verification_method[0].public_key_multibase.clone()
+        document.verification_methods()[0]
+            .public_key_multibase
+            .clone()
     };
     let document = directory.did_document(&did()).await.expect("first");
     assert_eq!(served(&document), Some(first.clone()));
@@ -258,14 +260,14 @@ async fn a_fetch_overtaken_by_purge_is_not_cached() {
     directory.purge(&AtIdentifier::Did(did()));
     let early = early.await.expect("task").expect("early answer");
     assert_ne!(
-        early.verification_method[0].public_key_multibase,
+        early.verification_methods()[0].public_key_multibase,
         Some(rotated.clone())
     );
 
     plc.slow.store(false, Ordering::SeqCst);
     let fresh = directory.did_document(&did()).await.expect("fresh");
     assert_eq!(
-        fresh.verification_method[0].public_key_multibase,
+        fresh.verification_methods()[0].public_key_multibase,
         Some(rotated)
     );
     assert_eq!(plc.requests.load(Ordering::SeqCst), 2);
