@@ -100,8 +100,8 @@ impl DidDocument {
         document.checked(expected)
     }
 
-    /// Like [`DidDocument::parse`], from JSON already in memory.
-    pub(crate) fn from_json(json: serde_json::Value, expected: &Did) -> Result<DidDocument, Error> {
+    /// Like [`DidDocument::parse`], from JSON already in memory (no byte limit: the caller read it).
+    pub fn from_json(json: serde_json::Value, expected: &Did) -> Result<DidDocument, Error> {
         let document: DidDocument =
             serde_json::from_value(json).map_err(|error| Error::InvalidDocument {
                 did: expected.to_string(),

@@ -21,7 +21,7 @@ pub fn read(path: &std::path::Path) -> anyhow::Result<SigningIdentity> {
         .as_str()
         .ok_or_else(|| anyhow!("DID document {}: no \"id\" string", path.display()))?;
     let did = Did::parse(id).with_context(|| format!("DID document {}", path.display()))?;
-    let document = DidDocument::parse(&bytes, &did)?;
+    let document = DidDocument::from_json(json, &did)?;
     let key = document.signing_key()?.ok_or_else(|| {
         anyhow!(
             "DID document {}: no #atproto verification method",
