@@ -131,6 +131,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The longest a host is blocked for, whatever it asked: a `Retry-After` of 10^20 seconds must still
+/// block the host rather than overflow the clock and be dropped.
+const MAX_BLOCK: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// One host's limiter.
 #[derive(Debug)]
 pub(crate) struct Host {
@@ -188,11 +192,13 @@ impl Host {
         (!wait.is_zero()).then_some(wait)
     }
 
-    /// Keeps every request to this host waiting for `wait` from now (never shortens a block).
+    /// Keeps every request to this host waiting for `wait` from now, at most [`MAX_BLOCK`] (never
+    /// shortens a block).
     pub(crate) fn block_for(&self, wait: Duration) {
-        let Some(until) = Instant::now().checked_add(wait) else {
-            return;
-        };
+        let now = Instant::now();
+        let until = now
+            .checked_add(wait.min(MAX_BLOCK))
+            .expect("a year from now is a valid instant");
         let mut state = lock(&self.state);
         if state.blocked_until.is_none_or(|current| current < until) {
             state.blocked_until = Some(until);
@@ -295,6 +301,10 @@ mod tests {
         host.block_for(Duration::from_secs(5));
         let wait = limits.blocked_for(&url).expect("blocked");
         assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30));
+        // A wait too long for the clock still blocks, up to the cap.
+        host.block_for(Duration::MAX);
+        let wait = limits.blocked_for(&url).expect("blocked");
+        assert!(wait > MAX_BLOCK - Duration::from_secs(5) && wait <= MAX_BLOCK);
 
         let other = Url::parse("https://other.example.com/").expect("valid url");
         let host = limits.host(&other);

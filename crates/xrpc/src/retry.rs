@@ -14,6 +14,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use butterfly_syntax::Datetime;
 use reqwest::header::HeaderMap;
 
 /// How a call is retried. `Default`: 4 attempts, backoff from 250 ms doubling up to 10 s, and at most
@@ -114,7 +115,8 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 
 /// Parses an HTTP-date (RFC 9110 §5.6.7) in any of its three forms:
 /// `Sun, 06 Nov 1994 08:49:37 GMT`, `Sunday, 06-Nov-94 08:49:37 GMT` and `Sun Nov  6 08:49:37 1994`.
-/// The day name is not checked against the date.
+/// The day name is not checked against the date. The calendar checks (a day that exists, an hour
+/// below 24, no leap second) are [`Datetime::parse`]'s.
 pub fn parse_http_date(text: &str) -> Option<SystemTime> {
     let parts: Vec<&str> = text.split_ascii_whitespace().collect();
     let (day, month, year, time) = match parts.as_slice() {
@@ -159,19 +161,17 @@ pub fn parse_http_date(text: &str) -> Option<SystemTime> {
         return None;
     }
     let day = parse_number(day, day.len())?;
-    if day == 0 || day > days_in_month(year, month) {
-        return None;
-    }
     let mut clock = time.split(':');
     let hour = parse_number(clock.next()?, 2)?;
     let minute = parse_number(clock.next()?, 2)?;
     let second = parse_number(clock.next()?, 2)?;
-    if clock.next().is_some() || hour > 23 || minute > 59 || second > 60 {
+    if clock.next().is_some() {
         return None;
     }
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
-    let seconds = u64::try_from(seconds).ok()?;
+    let rfc3339 = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z");
+    let micros = Datetime::parse(&rfc3339).ok()?.timestamp_micros();
+    // Before 1970 is `None`: no HTTP-date predates it.
+    let seconds = u64::try_from(micros / 1_000_000).ok()?;
     UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
 
@@ -181,29 +181,6 @@ fn parse_number(text: &str, digits: usize) -> Option<u32> {
         return None;
     }
     text.parse().ok()
-}
-
-fn days_in_month(year: u32, month: u32) -> u32 {
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    match month {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to the given proleptic Gregorian date. Years are counted from March, so that
-/// the leap day falls at the end of a year and every month before it has a fixed offset.
-fn days_from_civil(year: u32, month: u32, day: u32) -> i64 {
-    let year = i64::from(year) - i64::from(month <= 2);
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_from_march = i64::from((month + 9) % 12);
-    let day_of_year = (153 * month_from_march + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    // 719,468 days separate 0000-03-01 from 1970-01-01.
-    era * 146_097 + day_of_era - 719_468
 }
 
 /// What a response's `ratelimit-*` headers say about the host's budget.
@@ -233,12 +210,14 @@ impl RateLimitInfo {
                 .map(str::trim)
         };
         let number = |name: &str| text(name).and_then(|value| value.parse::<u64>().ok());
-        let reset = number("ratelimit-reset").map(|value| {
-            if value >= UNIX_TIME_THRESHOLD {
-                UNIX_EPOCH + Duration::from_secs(value)
+        // A reset too far out for `SystemTime` is unreadable, like any other bad value.
+        let reset = number("ratelimit-reset").and_then(|value| {
+            let start = if value >= UNIX_TIME_THRESHOLD {
+                UNIX_EPOCH
             } else {
-                now + Duration::from_secs(value)
-            }
+                now
+            };
+            start.checked_add(Duration::from_secs(value))
         });
         let info = RateLimitInfo {
             limit: number("ratelimit-limit"),
@@ -425,5 +404,18 @@ mod tests {
             RateLimitInfo::from_headers(&headers(&[("content-type", "a/b")]), now),
             None
         );
+
+        // A reset beyond what the clock can represent is left out, not a panic.
+        let far = RateLimitInfo::from_headers(
+            &headers(&[
+                ("ratelimit-remaining", "0"),
+                ("ratelimit-reset", "18446744073709551615"),
+            ]),
+            now,
+        )
+        .expect("headers present");
+        assert_eq!(far.remaining, Some(0));
+        assert_eq!(far.reset, None);
+        assert_eq!(far.exhausted_for(now), None);
     }
 }
