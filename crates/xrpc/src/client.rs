@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use butterfly_net::{HttpClient, HttpConfig};
 use bytes::Bytes;
 use futures_util::Stream;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -103,8 +103,8 @@ pub enum MethodKind {
 }
 
 /// One XRPC call to make: method, parameters, body and headers. Building never fails; problems (an
-/// invalid NSID, an input that does not serialise, a bad header) are reported by the send as
-/// [`Error::InvalidRequest`].
+/// invalid NSID, an input that does not serialise, a bad header or content type) are reported by the
+/// send as [`Error::InvalidRequest`].
 ///
 /// ```
 /// use butterfly_xrpc::XrpcRequest;
@@ -119,8 +119,9 @@ pub struct XrpcRequest {
     kind: MethodKind,
     nsid: String,
     params: Vec<(String, String)>,
-    headers: Vec<(String, String)>,
-    body: Option<(Bytes, String)>,
+    headers: HeaderMap,
+    body: Option<(Bytes, HeaderValue)>,
+    /// The first problem met while building; the send reports it.
     problem: Option<String>,
     idempotent: bool,
 }
@@ -141,7 +142,7 @@ impl XrpcRequest {
             kind,
             nsid: nsid.to_owned(),
             params: Vec::new(),
-            headers: Vec::new(),
+            headers: HeaderMap::new(),
             body: None,
             problem: None,
             idempotent: kind == MethodKind::Query,
@@ -164,23 +165,42 @@ impl XrpcRequest {
 
     /// Adds a request header, e.g. `atproto-proxy`.
     pub fn header(mut self, name: &str, value: &str) -> XrpcRequest {
-        self.headers.push((name.to_owned(), value.to_owned()));
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                self.headers.append(name, value);
+            }
+            _ => self.fail(format!("header {name:?} is not valid")),
+        }
         self
     }
 
     /// Sets a JSON body (`application/json`).
     pub fn json(mut self, input: &impl Serialize) -> XrpcRequest {
         match serde_json::to_vec(input) {
-            Ok(bytes) => self.body = Some((Bytes::from(bytes), "application/json".to_owned())),
-            Err(error) => self.problem = Some(format!("input does not serialise: {error}")),
+            Ok(bytes) => {
+                let content_type = HeaderValue::from_static("application/json");
+                self.body = Some((Bytes::from(bytes), content_type));
+            }
+            Err(error) => self.fail(format!("input does not serialise: {error}")),
         }
         self
     }
 
     /// Sets a binary body (a blob, a CAR) and its content type.
     pub fn body(mut self, bytes: impl Into<Bytes>, content_type: &str) -> XrpcRequest {
-        self.body = Some((bytes.into(), content_type.to_owned()));
+        match HeaderValue::from_str(content_type) {
+            Ok(content_type) => self.body = Some((bytes.into(), content_type)),
+            Err(_) => self.fail(format!("content type {content_type:?} is not valid")),
+        }
         self
+    }
+
+    /// Keeps the first problem: later ones are often its consequences.
+    fn fail(&mut self, problem: String) {
+        self.problem.get_or_insert(problem);
     }
 
     /// Marks a procedure as safe to repeat (`putRecord`, `deleteRecord`, `uploadBlob`), so that it is
@@ -511,22 +531,29 @@ impl XrpcClient {
         if let Some(problem) = &request.problem {
             return Err(Error::InvalidRequest(format!("{nsid}: {problem}")));
         }
-        let mut headers = HeaderMap::new();
-        for (name, value) in &request.headers {
-            let parsed_name = HeaderName::from_bytes(name.as_bytes());
-            let parsed_value = HeaderValue::from_str(value);
-            match (parsed_name, parsed_value) {
-                (Ok(parsed_name), Ok(parsed_value)) => {
-                    headers.append(parsed_name, parsed_value);
-                }
-                _ => {
-                    return Err(Error::InvalidRequest(format!(
-                        "{nsid}: header {name:?} is not valid"
-                    )))
-                }
-            }
-        }
         let url = self.url_for(request)?;
+        let method = match request.kind {
+            MethodKind::Query => reqwest::Method::GET,
+            MethodKind::Procedure => reqwest::Method::POST,
+        };
+        // What every attempt sends; only the bearer token can change between attempts.
+        let mut request_headers = request.headers.clone();
+        let accept = match want {
+            Want::Buffered { .. } => "application/json, */*;q=0.8",
+            Want::Stream { .. } => "*/*",
+        };
+        request_headers
+            .entry(ACCEPT)
+            .or_insert(HeaderValue::from_static(accept));
+        match &request.body {
+            Some((_, content_type)) => {
+                request_headers.insert(CONTENT_TYPE, content_type.clone());
+            }
+            None if request.kind == MethodKind::Procedure => {
+                request_headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+            }
+            None => {}
+        }
         let policy = &self.inner.config.retry;
         let host = &self.inner.host;
         let session = if bearer.is_none() {
@@ -557,38 +584,22 @@ impl XrpcClient {
                     retry_after: Some(wait),
                 })?;
             attempts += 1;
-            let method = match request.kind {
-                MethodKind::Query => reqwest::Method::GET,
-                MethodKind::Procedure => reqwest::Method::POST,
-            };
+            let may_retry = attempts < max_attempts;
             let mut builder = self
                 .inner
                 .http
-                .request(method, &url)
+                .request(method.clone(), &url)
                 .map_err(|source| Error::Net {
                     nsid: nsid.to_owned(),
                     attempts,
                     source,
                 })?
-                .headers(headers.clone());
-            let accept = match want {
-                Want::Buffered { .. } => "application/json, */*;q=0.8",
-                Want::Stream { .. } => "*/*",
-            };
-            builder = builder.header(reqwest::header::ACCEPT, accept);
+                .headers(request_headers.clone());
             if let Some(token) = &token {
                 builder = builder.bearer_auth(token);
             }
-            match &request.body {
-                Some((bytes, content_type)) => {
-                    builder = builder
-                        .header(reqwest::header::CONTENT_TYPE, content_type.as_str())
-                        .body(bytes.clone());
-                }
-                None if request.kind == MethodKind::Procedure => {
-                    builder = builder.header(reqwest::header::CONTENT_LENGTH, 0);
-                }
-                None => {}
+            if let Some((bytes, _)) = &request.body {
+                builder = builder.body(bytes.clone());
             }
             if let Want::Buffered { .. } = want {
                 builder = builder.timeout(self.inner.config.request_timeout);
@@ -601,18 +612,9 @@ impl XrpcClient {
                     let source = butterfly_net::Error::from_reqwest(url.as_str(), error);
                     // A failed connection sent nothing; anything else may have reached the server.
                     let unsent = matches!(source, butterfly_net::Error::Connect { .. });
-                    let retryable = source.is_transient() && (request.idempotent || unsent);
-                    if retryable && attempts < max_attempts {
-                        let wait = policy.backoff(attempts, retry::jitter_seed());
-                        tracing::debug!(nsid, attempts, ?wait, error = %source, "retrying after a transport error");
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    return Err(Error::Net {
-                        nsid: nsid.to_owned(),
-                        attempts,
-                        source,
-                    });
+                    let retry = may_retry && (request.idempotent || unsent);
+                    back_off_or_fail(policy, nsid, attempts, retry, source).await?;
+                    continue;
                 }
             };
 
@@ -620,47 +622,36 @@ impl XrpcClient {
             let now = SystemTime::now();
             let exhausted = host.observe(RateLimitInfo::from_headers(response.headers(), now), now);
             if (200..300).contains(&status) {
-                match want {
+                let limit = match want {
                     Want::Stream { limit } => {
                         return stream_response(response, permit, nsid, attempts, limit)
                             .map(Received::Stream);
                     }
-                    Want::Buffered { limit } => {
-                        let headers = response.headers().clone();
-                        match butterfly_net::read_body_limited(response, limit).await {
-                            Ok(body) => {
-                                return Ok(Received::Buffered(XrpcResponse {
-                                    status,
-                                    headers,
-                                    body,
-                                }))
-                            }
-                            Err(butterfly_net::Error::TooLarge { .. }) => {
-                                return Err(Error::TooLarge {
-                                    nsid: nsid.to_owned(),
-                                    limit: limit as u64,
-                                })
-                            }
-                            Err(source) => {
-                                drop(permit);
-                                // The server answered 2xx, so a procedure has taken effect: only
-                                // idempotent calls are worth repeating for their output.
-                                if source.is_transient()
-                                    && request.idempotent
-                                    && attempts < max_attempts
-                                {
-                                    let wait = policy.backoff(attempts, retry::jitter_seed());
-                                    tracing::debug!(nsid, attempts, ?wait, error = %source, "retrying after a broken body");
-                                    tokio::time::sleep(wait).await;
-                                    continue;
-                                }
-                                return Err(Error::Net {
-                                    nsid: nsid.to_owned(),
-                                    attempts,
-                                    source,
-                                });
-                            }
-                        }
+                    Want::Buffered { limit } => limit,
+                };
+                let headers = response.headers().clone();
+                match butterfly_net::read_body_limited(response, limit).await {
+                    Ok(body) => {
+                        let response = XrpcResponse {
+                            status,
+                            headers,
+                            body,
+                        };
+                        return Ok(Received::Buffered(response));
+                    }
+                    Err(butterfly_net::Error::TooLarge { .. }) => {
+                        return Err(Error::TooLarge {
+                            nsid: nsid.to_owned(),
+                            limit: limit as u64,
+                        });
+                    }
+                    Err(source) => {
+                        drop(permit);
+                        // The server answered 2xx, so a procedure has taken effect: only idempotent
+                        // calls are worth repeating for their output.
+                        let retry = may_retry && request.idempotent;
+                        back_off_or_fail(policy, nsid, attempts, retry, source).await?;
+                        continue;
                     }
                 }
             }
@@ -690,17 +681,15 @@ impl XrpcClient {
                 // 429 and 503 say the request was not processed; other 5xx may have been half done.
                 let retryable = request.idempotent || status == 429 || status == 503;
                 let wait = retry_after.or(if status == 429 { exhausted } else { None });
-                if let Some(wait) = wait {
-                    if wait > policy.max_wait {
-                        // Any other call to the host would get the same answer.
-                        host.block_for(wait);
-                        return Err(Error::RateLimited {
-                            nsid: nsid.to_owned(),
-                            retry_after: Some(wait),
-                        });
-                    }
+                if let Some(wait) = wait.filter(|wait| *wait > policy.max_wait) {
+                    // Any other call to the host would get the same answer.
+                    host.block_for(wait);
+                    return Err(Error::RateLimited {
+                        nsid: nsid.to_owned(),
+                        retry_after: Some(wait),
+                    });
                 }
-                if retryable && attempts < max_attempts {
+                if retryable && may_retry {
                     match wait {
                         // Every request to the host waits, in `admit`.
                         Some(wait) => host.block_for(wait),
@@ -734,6 +723,29 @@ impl XrpcClient {
             });
         }
     }
+}
+
+/// After a transport error (sending, or reading a 2xx body): sleeps the backoff and returns `Ok` when
+/// the call is to be tried again, else the error. Only transient errors are retried, whatever `retry`
+/// says.
+async fn back_off_or_fail(
+    policy: &RetryPolicy,
+    nsid: &str,
+    attempts: u32,
+    retry: bool,
+    source: butterfly_net::Error,
+) -> Result<(), Error> {
+    if !(retry && source.is_transient()) {
+        return Err(Error::Net {
+            nsid: nsid.to_owned(),
+            attempts,
+            source,
+        });
+    }
+    let wait = policy.backoff(attempts, retry::jitter_seed());
+    tracing::debug!(nsid, attempts, ?wait, error = %source, "retrying after a transport error");
+    tokio::time::sleep(wait).await;
+    Ok(())
 }
 
 fn stream_response(

@@ -14,24 +14,14 @@ use butterfly_xrpc::{
     ClientConfig, Error, HostLimits, LimitsConfig, RetryPolicy, XrpcClient, XrpcRequest,
 };
 use bytes::Bytes;
+use local_server::{serve, unix_now};
 use tokio::io::AsyncReadExt;
 use url::Url;
 
+mod local_server;
+
 const NSID: &str = "com.example.test";
 const PATH: &str = "/xrpc/com.example.test";
-
-async fn serve(router: Router) -> Url {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let address = listener.local_addr().expect("local address");
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .await
-            .expect("test server runs");
-    });
-    Url::parse(&format!("http://{address}")).expect("valid url")
-}
 
 fn fast_retries() -> RetryPolicy {
     RetryPolicy {
@@ -92,13 +82,6 @@ async fn scripted(
         }),
     );
     (serve(router).await, count)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }
 
 #[tokio::test]
@@ -208,6 +191,44 @@ async fn retry_after_beyond_the_cap_fails_at_once_and_blocks_the_host() {
         .blocked_for(&base)
         .expect("host is blocked");
     assert!(blocked > Duration::from_secs(3500));
+}
+
+#[tokio::test]
+async fn absurd_waits_neither_panic_nor_leave_the_host_open() {
+    let (base, count) = scripted(|n| match n {
+        1 => respond(
+            200,
+            &[
+                ("ratelimit-remaining", "0".into()),
+                ("ratelimit-reset", u64::MAX.to_string()),
+            ],
+            "{}",
+        ),
+        _ => respond(429, &[("retry-after", "99999999999999999999".into())], "{}"),
+    })
+    .await;
+    let client = client(&base);
+    let _: serde_json::Value = client
+        .query(NSID, &[])
+        .await
+        .expect("a reset past the end of time is ignored");
+    assert_eq!(client.config().limits.blocked_for(&base), None);
+    let error = client
+        .query::<serde_json::Value>(NSID, &[])
+        .await
+        .expect_err("rate limited");
+    assert!(
+        matches!(error, Error::RateLimited { retry_after: Some(wait), .. } if wait == Duration::from_secs(u64::MAX)),
+        "{error:?}"
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    // The wait does not fit the clock, yet the host is blocked (for as long as the cap allows).
+    let blocked = client
+        .config()
+        .limits
+        .blocked_for(&base)
+        .expect("host is blocked");
+    assert!(blocked > Duration::from_secs(300 * 86_400), "{blocked:?}");
 }
 
 #[tokio::test]
@@ -621,21 +642,19 @@ async fn timeouts_retry_queries_but_not_procedures() {
         },
     )
     .expect("client builds");
+    let timed_out_after = |error: Error| match error {
+        Error::Net {
+            attempts,
+            source: butterfly_net::Error::Timeout { .. },
+            ..
+        } => attempts,
+        other => panic!("expected a timeout, got {other:?}"),
+    };
     let error = client
         .query::<serde_json::Value>(NSID, &[])
         .await
         .expect_err("times out");
-    assert!(
-        matches!(
-            error,
-            Error::Net {
-                attempts: 2,
-                source: butterfly_net::Error::Timeout { .. },
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_eq!(timed_out_after(error), 2);
     assert_eq!(count.load(Ordering::SeqCst), 2);
 
     // The procedure may have been applied: one attempt only.
@@ -643,17 +662,7 @@ async fn timeouts_retry_queries_but_not_procedures() {
         .procedure::<_, serde_json::Value>(NSID, &serde_json::json!({}))
         .await
         .expect_err("times out");
-    assert!(
-        matches!(
-            error,
-            Error::Net {
-                attempts: 1,
-                source: butterfly_net::Error::Timeout { .. },
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_eq!(timed_out_after(error), 1);
     assert_eq!(count.load(Ordering::SeqCst), 3);
 }
 
@@ -670,6 +679,11 @@ async fn bad_requests_are_refused_before_sending() {
         .send(&XrpcRequest::query(NSID).header("bad header", "x"))
         .await
         .expect_err("invalid header");
+    assert!(matches!(error, Error::InvalidRequest(_)), "{error:?}");
+    let error = client
+        .send(&XrpcRequest::procedure(NSID).body(vec![1u8], "text/plain\n"))
+        .await
+        .expect_err("invalid content type");
     assert!(matches!(error, Error::InvalidRequest(_)), "{error:?}");
     assert_eq!(count.load(Ordering::SeqCst), 0);
 }

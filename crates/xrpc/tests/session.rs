@@ -3,7 +3,7 @@
 //! restore and logout.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -15,8 +15,11 @@ use butterfly_xrpc::{
     Agent, AgentConfig, ClientConfig, CreateRecord, CreateSession, Error, HostLimits, LimitsConfig,
     MemorySessionStore, SessionStore, XrpcClient,
 };
+use local_server::{serve, unix_now};
 use serde_json::{json, Value};
 use url::Url;
+
+mod local_server;
 
 #[derive(Default)]
 struct Server {
@@ -41,13 +44,6 @@ fn fake_jwt(exp: u64, generation: u64, kind: &str) -> String {
         encode(&json!({"alg": "ES256K", "typ": "at+jwt"})),
         encode(&json!({"scope": kind, "sub": "did:plc:alice", "exp": exp, "jti": generation}))
     )
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }
 
 /// Issues the next pair of tokens and returns the session JSON.
@@ -160,17 +156,7 @@ async fn start(access_ttl: Duration) -> (Url, Shared) {
         )
         .route("/xrpc/com.example.whoami", get(whoami))
         .with_state(shared.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let address = listener.local_addr().expect("local address");
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .await
-            .expect("test server runs");
-    });
-    let url = Url::parse(&format!("http://{address}")).expect("valid url");
-    (url, shared)
+    (serve(router).await, shared)
 }
 
 fn client(base: &Url) -> XrpcClient {
