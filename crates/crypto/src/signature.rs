@@ -75,22 +75,10 @@ pub struct RustCryptoVerifier;
 
 impl SignatureVerifier for FastVerifier {
     fn verify(&self, key: &PublicKey, message: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
+        let signature = check_compact(key.algorithm(), signature)?;
         match key.inner() {
-            Inner::K256 { fast, .. } => {
-                let signature = check_compact(Algorithm::K256, signature)?;
-                verify_libsecp256k1(fast, &sha256(message), signature)
-            }
-            Inner::P256 { uncompressed, .. } => {
-                let signature = check_compact(Algorithm::P256, signature)?;
-                ring::signature::UnparsedPublicKey::new(
-                    &ring::signature::ECDSA_P256_SHA256_FIXED,
-                    &uncompressed[..],
-                )
-                .verify(message, signature)
-                .map_err(|_| VerifyError::Mismatch {
-                    algorithm: Algorithm::P256,
-                })
-            }
+            Inner::K256 { fast, .. } => verify_libsecp256k1(fast, &sha256(message), signature),
+            Inner::P256 { uncompressed, .. } => verify_ring(uncompressed, message, signature),
         }
     }
 
@@ -100,12 +88,10 @@ impl SignatureVerifier for FastVerifier {
         sha256_digest: &[u8; 32],
         signature: &[u8],
     ) -> Result<(), VerifyError> {
+        let signature = check_compact(key.algorithm(), signature)?;
         match key.inner() {
-            Inner::K256 { fast, .. } => {
-                let signature = check_compact(Algorithm::K256, signature)?;
-                verify_libsecp256k1(fast, sha256_digest, signature)
-            }
-            Inner::P256 { .. } => RustCryptoVerifier.verify_digest(key, sha256_digest, signature),
+            Inner::K256 { fast, .. } => verify_libsecp256k1(fast, sha256_digest, signature),
+            p256 @ Inner::P256 { .. } => verify_rust_crypto(p256, sha256_digest, signature),
         }
     }
 }
@@ -121,27 +107,8 @@ impl SignatureVerifier for RustCryptoVerifier {
         sha256_digest: &[u8; 32],
         signature: &[u8],
     ) -> Result<(), VerifyError> {
-        use k256::ecdsa::signature::hazmat::PrehashVerifier;
-        match key.inner() {
-            Inner::K256 { rust_crypto, .. } => {
-                let algorithm = Algorithm::K256;
-                let signature = check_compact(algorithm, signature)?;
-                let signature = k256::ecdsa::Signature::from_slice(signature)
-                    .map_err(|_| VerifyError::Mismatch { algorithm })?;
-                rust_crypto
-                    .verify_prehash(sha256_digest, &signature)
-                    .map_err(|_| VerifyError::Mismatch { algorithm })
-            }
-            Inner::P256 { rust_crypto, .. } => {
-                let algorithm = Algorithm::P256;
-                let signature = check_compact(algorithm, signature)?;
-                let signature = p256::ecdsa::Signature::from_slice(signature)
-                    .map_err(|_| VerifyError::Mismatch { algorithm })?;
-                rust_crypto
-                    .verify_prehash(sha256_digest, &signature)
-                    .map_err(|_| VerifyError::Mismatch { algorithm })
-            }
-        }
+        let signature = check_compact(key.algorithm(), signature)?;
+        verify_rust_crypto(key.inner(), sha256_digest, signature)
     }
 }
 
@@ -154,17 +121,10 @@ fn check_compact(algorithm: Algorithm, signature: &[u8]) -> Result<&[u8; 64], Ve
         })?;
     let (r, s) = split_scalars(signature);
     let order = algorithm.order();
-    if is_zero(&r) || !less_than(&r, order) {
-        return Err(VerifyError::OutOfRange {
-            algorithm,
-            part: "r",
-        });
-    }
-    if is_zero(&s) || !less_than(&s, order) {
-        return Err(VerifyError::OutOfRange {
-            algorithm,
-            part: "s",
-        });
+    for (part, scalar) in [("r", &r), ("s", &s)] {
+        if is_zero(scalar) || !less_than(scalar, order) {
+            return Err(VerifyError::OutOfRange { algorithm, part });
+        }
     }
     if less_than(algorithm.half_order(), &s) {
         return Err(VerifyError::HighS { algorithm });
@@ -181,6 +141,28 @@ pub(crate) fn split_scalars(signature: &[u8; 64]) -> ([u8; 32], [u8; 32]) {
     (r, s)
 }
 
+/// Verifies a signature that passed [`check_compact`] with RustCrypto's prehash entry point.
+fn verify_rust_crypto(
+    key: &Inner,
+    digest: &[u8; 32],
+    signature: &[u8; SIGNATURE_LEN],
+) -> Result<(), VerifyError> {
+    use k256::ecdsa::signature::hazmat::PrehashVerifier;
+    let (algorithm, verified) = match key {
+        Inner::K256 { rust_crypto, .. } => (
+            Algorithm::K256,
+            k256::ecdsa::Signature::from_slice(signature)
+                .and_then(|signature| rust_crypto.verify_prehash(digest, &signature)),
+        ),
+        Inner::P256 { rust_crypto, .. } => (
+            Algorithm::P256,
+            p256::ecdsa::Signature::from_slice(signature)
+                .and_then(|signature| rust_crypto.verify_prehash(digest, &signature)),
+        ),
+    };
+    verified.map_err(|_| VerifyError::Mismatch { algorithm })
+}
+
 fn verify_libsecp256k1(
     key: &secp256k1::PublicKey,
     digest: &[u8; 32],
@@ -193,6 +175,19 @@ fn verify_libsecp256k1(
     secp256k1_context()
         .verify_ecdsa(&message, &signature, key)
         .map_err(|_| VerifyError::Mismatch { algorithm })
+}
+
+/// Verifies a P-256 signature that passed [`check_compact`] with ring, which hashes `message`.
+fn verify_ring(
+    uncompressed: &[u8; 65],
+    message: &[u8],
+    signature: &[u8; SIGNATURE_LEN],
+) -> Result<(), VerifyError> {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, uncompressed)
+        .verify(message, signature)
+        .map_err(|_| VerifyError::Mismatch {
+            algorithm: Algorithm::P256,
+        })
 }
 
 /// One verification-only libsecp256k1 context for the process, built on first use.
