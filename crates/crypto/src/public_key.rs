@@ -208,8 +208,12 @@ impl PublicKey {
                     .map_err(|_| invalid_point.clone())?;
                 let compressed = to_array::<33>(rust_crypto.to_encoded_point(true).as_bytes())
                     .ok_or_else(|| invalid_point.clone())?;
-                let fast =
-                    secp256k1::PublicKey::from_slice(&compressed).map_err(|_| invalid_point)?;
+                // From the uncompressed point: libsecp256k1 then only checks the curve equation
+                // instead of decompressing the point a second time.
+                let fast = secp256k1::PublicKey::from_slice(
+                    rust_crypto.to_encoded_point(false).as_bytes(),
+                )
+                .map_err(|_| invalid_point)?;
                 Inner::K256 {
                     compressed,
                     fast,
