@@ -11,11 +11,11 @@ use butterfly_crypto::{
 use serde_json::Value;
 
 fn interop_dir() -> PathBuf {
-    butterfly_interop::folder("crypto").join("..")
+    butterfly_interop::folder("crypto")
 }
 
 fn load(name: &str) -> Vec<Value> {
-    let path = interop_dir().join("crypto").join(name);
+    let path = interop_dir().join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
     let value: Value = serde_json::from_str(&text)
