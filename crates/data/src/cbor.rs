@@ -150,55 +150,36 @@ impl<'a> Decoder<'a> {
     }
 
     /// Reads a header: its major type and its argument, checking that the argument is minimally encoded.
+    ///
+    /// For [`Major::Simple`] the argument is the raw additional information (20 false, 21 true,
+    /// 22 null, 25..=27 floats, ...) and nothing after the first byte is read: DAG-CBOR allows only
+    /// the one-byte `false`, `true` and `null`, so [`Decoder::read_simple`] rejects everything else.
     fn read_header(&mut self) -> Result<(Major, u64), Error> {
+        /// The smallest argument that needs 1, 2, 4 or 8 bytes; anything smaller has a shorter form.
+        const SMALLEST: [u64; 4] = [24, 0x100, 0x1_0000, 0x1_0000_0000];
         let start = self.pos;
-        let first = *self.take(1)?.first().unwrap_or(&0);
+        let first = self.take(1)?[0];
         let major = Major::from_bits(first >> 5);
         let info = first & 0x1f;
-        let value = match info {
-            0..=23 => u64::from(info),
-            24 => {
-                let v = u64::from(self.take(1)?[0]);
-                if v < 24 && major != Major::Simple {
-                    return Err(self.err_at(start, "integer not minimally encoded"));
-                }
-                v
-            }
-            25 => {
-                let b = self.take(2)?;
-                let v = u64::from(u16::from_be_bytes([b[0], b[1]]));
-                if v <= 0xff && major != Major::Simple {
-                    return Err(self.err_at(start, "integer not minimally encoded"));
-                }
-                v
-            }
-            26 => {
-                let b = self.take(4)?;
-                let v = u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                if v <= 0xffff && major != Major::Simple {
-                    return Err(self.err_at(start, "integer not minimally encoded"));
-                }
-                v
-            }
-            27 => {
-                let b = self.take(8)?;
-                let mut arr = [0u8; 8];
-                arr.copy_from_slice(b);
-                let v = u64::from_be_bytes(arr);
-                if v <= 0xffff_ffff && major != Major::Simple {
-                    return Err(self.err_at(start, "integer not minimally encoded"));
-                }
-                v
-            }
-            31 => return Err(self.err_at(start, "indefinite lengths are not allowed in DAG-CBOR")),
-            _ => return Err(self.err_at(start, "reserved additional information value")),
-        };
         if major == Major::Simple {
-            // Floats (info 25..27) and simple values above 23 are rejected by the callers that
-            // know which simple values they accept; remember the raw info byte in the value.
-            return Ok((major, u64::from(info) << 8 | (value & 0xff)));
+            return Ok((major, u64::from(info)));
         }
-        Ok((major, value))
+        match info {
+            0..=23 => Ok((major, u64::from(info))),
+            24..=27 => {
+                let width_idx = usize::from(info - 24);
+                let bytes = self.take(1 << width_idx)?;
+                let value = bytes
+                    .iter()
+                    .fold(0u64, |value, &byte| value << 8 | u64::from(byte));
+                if value < SMALLEST[width_idx] {
+                    return Err(self.err_at(start, "integer not minimally encoded"));
+                }
+                Ok((major, value))
+            }
+            31 => Err(self.err_at(start, "indefinite lengths are not allowed in DAG-CBOR")),
+            _ => Err(self.err_at(start, "reserved additional information value")),
+        }
     }
 
     fn err_at(&self, offset: usize, message: &str) -> Error {
@@ -337,8 +318,7 @@ impl<'a> Decoder<'a> {
                 message: format!("expected a simple value, found {}", describe(major, value)),
             });
         }
-        let info = (value >> 8) as u8;
-        match info {
+        match value {
             20 => Ok(Simple::False),
             21 => Ok(Simple::True),
             22 => Ok(Simple::Null),
@@ -402,7 +382,7 @@ fn describe(major: Major, value: u64) -> String {
         Major::Array => "an array".into(),
         Major::Map => "a map".into(),
         Major::Tag => format!("tag {value}"),
-        Major::Simple => match (value >> 8) as u8 {
+        Major::Simple => match value {
             20 | 21 => "a boolean".into(),
             22 => "null".into(),
             25..=27 => "a float".into(),
@@ -512,10 +492,11 @@ impl Encoder {
     /// Writes a CID link.
     pub fn write_link(&mut self, cid: &Cid) {
         self.header(6, CID_TAG);
-        let cid_bytes = cid.to_bytes();
-        self.header(2, cid_bytes.len() as u64 + 1);
+        self.header(2, cid.encoded_len() as u64 + 1);
         self.out.push(0);
-        self.out.extend_from_slice(&cid_bytes);
+        // Straight into the buffer, with no temporary Vec per link.
+        cid.write_bytes(&mut self.out)
+            .expect("writing to a Vec cannot fail");
     }
 
     /// Writes `null` or a CID link.
@@ -566,6 +547,20 @@ mod tests {
     }
 
     #[test]
+    fn rejects_every_long_form_that_has_a_shorter_one() {
+        check_rejected(&[0x1a, 0x00, 0x00, 0xff, 0xff], "minimally");
+        check_rejected(&[0x1b, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff], "minimally");
+        check_rejected(&[0x78, 0x17], "minimally");
+        // Simple values: only the one-byte false, true and null exist in DAG-CBOR.
+        check_rejected(&[0xf8, 0x14], "unsupported simple value");
+        check_rejected(&[0xf9, 0x00, 0x00], "floats");
+        check_rejected(&[0xfb], "floats");
+        check_rejected(&[0xff], "unsupported simple value");
+        check_rejected(&[0x1c], "reserved");
+        check_rejected(&[0x1b, 0x01], "needs 8 bytes");
+    }
+
+    #[test]
     fn hostile_lengths_fail_without_allocating() {
         // An array claiming 2^64-1 items, a byte string claiming 4 GiB.
         check_rejected(
@@ -591,11 +586,14 @@ mod tests {
             256,
             65535,
             65536,
+            0xffff_ffff,
+            0x1_0000_0000,
             -1,
             -24,
             -25,
             -256,
             -257,
+            -0x1_0000_0001,
             i64::MIN,
             i64::MAX,
         ] {

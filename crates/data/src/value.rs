@@ -166,7 +166,8 @@ fn encode_value(encoder: &mut Encoder, value: &Value) {
         Value::Map(map) => {
             encoder.write_map_header(map.len());
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| canonical_key_order(a.0, b.0));
+            // Keys are unique, so an unstable sort gives the one canonical order.
+            entries.sort_unstable_by(|a, b| canonical_key_order(a.0, b.0));
             for (key, item) in entries {
                 encoder.write_str(key);
                 encode_value(encoder, item);
