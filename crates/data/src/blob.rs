@@ -27,7 +27,10 @@ impl Blob {
             .and_then(Value::as_str)
             .ok_or("a blob needs a string mimeType")?
             .to_owned();
-        if map.get("$type").is_some() {
+        if let Some(type_value) = map.get("$type") {
+            if type_value.as_str() != Some("blob") {
+                return Err("a blob's $type must be \"blob\"".into());
+            }
             if map.len() != 4 {
                 return Err("a blob has exactly the keys $type, ref, mimeType and size".into());
             }
@@ -115,5 +118,16 @@ mod tests {
         assert_eq!(blobs[0].size, Some(10000));
         assert_eq!(blobs[1].size, None);
         assert_eq!(blobs[1].mime_type, "image/png");
+    }
+
+    #[test]
+    fn another_type_is_not_a_blob() {
+        let json = serde_json::json!({"$type": "app.bsky.embed.images", "ref": {"$link": "bafkreiccldh766hwcnuxnf2wh6jgzepf2nlu2lvcllt63eww5p6chi4ity"}, "mimeType": "image/jpeg", "size": 1});
+        let value = Value::from_json(&json).unwrap();
+        assert_eq!(
+            Blob::from_value(&value),
+            Err("a blob's $type must be \"blob\"".to_owned())
+        );
+        assert!(value.blobs().is_empty());
     }
 }
