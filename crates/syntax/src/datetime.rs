@@ -36,15 +36,10 @@ struct Fields {
     second: i64,
     /// Microseconds; further digits are dropped.
     micro: i64,
-    /// Offset east of UTC, in minutes.
-    offset_minutes: i64,
+    /// 1 for an offset east of UTC (or `Z`), -1 for west.
+    offset_sign: i64,
     offset_hour: i64,
     offset_minute: i64,
-}
-
-enum Problem {
-    Syntax(String),
-    Value(String),
 }
 
 struct Cursor<'a> {
@@ -130,10 +125,10 @@ fn scan(s: &str) -> Result<Fields, String> {
             micro *= 10;
         }
     }
-    let (offset_minutes, offset_hour, offset_minute) = match s.as_bytes().get(c.pos) {
+    let (offset_sign, offset_hour, offset_minute) = match s.as_bytes().get(c.pos) {
         Some(b'Z') => {
             c.pos += 1;
-            (0, 0, 0)
+            (1, 0, 0)
         }
         Some(&sign @ (b'+' | b'-')) => {
             c.pos += 1;
@@ -143,8 +138,7 @@ fn scan(s: &str) -> Result<Fields, String> {
             if sign == b'-' && h == 0 && m == 0 {
                 return Err("offset \"-00:00\" is not allowed, use 'Z' or \"+00:00\"".into());
             }
-            let total = h * 60 + m;
-            (if sign == b'-' { -total } else { total }, h, m)
+            (if sign == b'-' { -1 } else { 1 }, h, m)
         }
         _ => {
             return Err(format!(
@@ -167,7 +161,7 @@ fn scan(s: &str) -> Result<Fields, String> {
         minute,
         second,
         micro,
-        offset_minutes,
+        offset_sign,
         offset_hour,
         offset_minute,
     })
@@ -208,42 +202,43 @@ fn max_micros() -> i64 {
     days_from_civil(10000, 1, 1) * MICROS_PER_DAY - 1
 }
 
-fn check(s: &str) -> Result<i64, Problem> {
-    let f = scan(s).map_err(Problem::Syntax)?;
-    let bad = |msg: String| Err(Problem::Value(msg));
+/// Checks syntax and values; returns microseconds since the UNIX epoch.
+fn check(s: &str) -> Result<i64, String> {
+    let f = scan(s)?;
     if !(1..=12).contains(&f.month) {
-        return bad(format!("month must be 01 to 12, found {:02}", f.month));
+        return Err(format!("month must be 01 to 12, found {:02}", f.month));
     }
     let dim = days_in_month(f.year, f.month);
     if !(1..=dim).contains(&f.day) {
-        return bad(format!(
+        return Err(format!(
             "day must be 01 to {dim} for {:04}-{:02}, found {:02}",
             f.year, f.month, f.day
         ));
     }
     if f.hour > 23 {
-        return bad(format!("hour must be 00 to 23, found {:02}", f.hour));
+        return Err(format!("hour must be 00 to 23, found {:02}", f.hour));
     }
     if f.minute > 59 {
-        return bad(format!("minute must be 00 to 59, found {:02}", f.minute));
+        return Err(format!("minute must be 00 to 59, found {:02}", f.minute));
     }
     if f.second > 59 {
-        return bad(format!("second must be 00 to 59, found {:02}", f.second));
+        return Err(format!("second must be 00 to 59, found {:02}", f.second));
     }
     if f.offset_hour > 23 || f.offset_minute > 59 {
-        return bad(format!(
+        return Err(format!(
             "offset must be at most 23:59, found {:02}:{:02}",
             f.offset_hour, f.offset_minute
         ));
     }
     let local_seconds =
         days_from_civil(f.year, f.month, f.day) * 86_400 + f.hour * 3600 + f.minute * 60 + f.second;
-    let utc_micros = (local_seconds - f.offset_minutes * 60) * 1_000_000 + f.micro;
+    let offset_seconds = f.offset_sign * (f.offset_hour * 3600 + f.offset_minute * 60);
+    let utc_micros = (local_seconds - offset_seconds) * 1_000_000 + f.micro;
     if utc_micros < min_micros() {
-        return bad("in UTC this is before the year 0000".into());
+        return Err("in UTC this is before the year 0000".into());
     }
     if utc_micros > max_micros() {
-        return bad("in UTC this is after the year 9999".into());
+        return Err("in UTC this is after the year 9999".into());
     }
     Ok(utc_micros)
 }
@@ -251,15 +246,12 @@ fn check(s: &str) -> Result<i64, Problem> {
 impl Datetime {
     /// Parses a datetime, checking both syntax and values.
     pub fn parse(s: &str) -> Result<Self, Error> {
-        match check(s) {
-            Ok(micros) => Ok(Datetime {
+        check(s)
+            .map(|micros| Datetime {
                 text: s.to_owned(),
                 micros,
-            }),
-            Err(Problem::Syntax(reason) | Problem::Value(reason)) => {
-                Err(Error::new(ErrorKind::Datetime, s, reason))
-            }
-        }
+            })
+            .map_err(|reason| Error::new(ErrorKind::Datetime, s, reason))
     }
 
     /// Whether `s` has the shape of a datetime, without checking that the
