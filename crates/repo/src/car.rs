@@ -95,6 +95,15 @@ pub struct Block {
 
 /// Checks a block's bytes against its CID. Only SHA-256 is used in atproto; other hashes are refused.
 pub fn verify_block(cid: &Cid, data: &[u8]) -> Result<(), String> {
+    check_cid(cid)?;
+    if !digest_matches(cid, data) {
+        return Err("hash mismatch".into());
+    }
+    Ok(())
+}
+
+/// Checks that a CID is one atproto uses: SHA-256, and the dag-cbor or raw codec.
+fn check_cid(cid: &Cid) -> Result<(), String> {
     let hash = cid.hash();
     if hash.code() != SHA2_256 || hash.size() != 32 {
         return Err(format!(
@@ -109,10 +118,12 @@ pub fn verify_block(cid: &Cid, data: &[u8]) -> Result<(), String> {
             cid.codec()
         ));
     }
-    if Sha256::digest(data)[..] != *hash.digest() {
-        return Err("hash mismatch".into());
-    }
     Ok(())
+}
+
+/// True if `data` hashes to the digest of `cid`, which [`check_cid`] has passed.
+fn digest_matches(cid: &Cid, data: &[u8]) -> bool {
+    Sha256::digest(data)[..] == *cid.hash().digest()
 }
 
 /// Decodes a CAR v1 header body.
@@ -163,66 +174,66 @@ fn encode_header(roots: &[Cid]) -> Vec<u8> {
     encoder.into_bytes()
 }
 
-/// Splits a block section into CID and data, and checks them.
-fn parse_block(section: Vec<u8>, offset: u64) -> Result<Block, Error> {
-    let mut rest = section.as_slice();
-    let cid = Cid::read_bytes(&mut rest).map_err(|e| Error::BadBlock {
-        offset,
-        message: format!("invalid CID: {e}"),
-    })?;
-    let cid_len = section.len() - rest.len();
-    verify_block(&cid, rest).map_err(|message| {
-        if message == "hash mismatch" {
-            Error::HashMismatch { cid, offset }
-        } else {
-            Error::BadBlock {
-                offset,
-                message: format!("{cid}: {message}"),
-            }
-        }
-    })?;
-    let mut data = section;
-    data.drain(..cid_len);
-    Ok(Block { cid, data })
-}
+// The reading core. Both readers parse the same way and differ only in how they call `read`, so
+// everything that decides what bytes mean is here, as plain functions on bytes already read; the
+// readers' own loops (`fill`, `read_varint` and their async twins) only move bytes and offsets.
 
-/// What a varint read found.
+/// What a length prefix said.
 enum Varint {
     Value(u64),
     /// The input ended before the first byte: a clean end of the CAR.
     End,
 }
 
-/// Accumulates one unsigned LEB128 varint byte by byte; shared by the sync and async readers.
-#[derive(Default)]
+/// Accumulates one unsigned LEB128 varint byte by byte.
 struct VarintState {
+    /// Offset of the prefix's first byte, for errors.
+    start: u64,
     value: u64,
     shift: u32,
     n_bytes: usize,
 }
 
 impl VarintState {
-    /// Feeds one byte; returns the value when it is complete.
-    fn push(&mut self, byte: u8, offset: u64) -> Result<Option<u64>, Error> {
-        if self.n_bytes == 9 {
-            return Err(Error::BadBlock {
+    fn new(start: u64) -> Self {
+        VarintState {
+            start,
+            value: 0,
+            shift: 0,
+            n_bytes: 0,
+        }
+    }
+
+    /// Feeds the next byte, or `None` where the input ended (`offset`); returns the prefix when it
+    /// is complete.
+    #[inline] // called per byte from the readers' generic code, which other crates instantiate
+    fn push(&mut self, byte: Option<u8>, offset: u64) -> Result<Option<Varint>, Error> {
+        let Some(byte) = byte else {
+            if self.n_bytes == 0 {
+                return Ok(Some(Varint::End));
+            }
+            return Err(Error::Truncated {
                 offset,
-                message: "length varint longer than 9 bytes".into(),
+                what: "length prefix",
             });
+        };
+        let bad = |message: &str| Error::BadBlock {
+            offset: self.start,
+            message: message.into(),
+        };
+        if self.n_bytes == 9 {
+            return Err(bad("length varint longer than 9 bytes"));
         }
         self.value |= u64::from(byte & 0x7f) << self.shift;
         self.shift += 7;
         self.n_bytes += 1;
-        if byte & 0x80 == 0 {
-            if byte == 0 && self.n_bytes > 1 {
-                return Err(Error::BadBlock {
-                    offset,
-                    message: "length varint is not minimally encoded".into(),
-                });
-            }
-            return Ok(Some(self.value));
+        if byte & 0x80 != 0 {
+            return Ok(None);
         }
-        Ok(None)
+        if byte == 0 && self.n_bytes > 1 {
+            return Err(bad("length varint is not minimally encoded"));
+        }
+        Ok(Some(Varint::Value(self.value)))
     }
 }
 
@@ -240,6 +251,70 @@ fn check_len(len: u64, max: usize, offset: u64, what: &str) -> Result<usize, Err
         });
     }
     Ok(len as usize)
+}
+
+/// The header's length from its prefix: the CAR may not end before its header.
+fn header_len(prefix: Varint, limits: &CarLimits) -> Result<usize, Error> {
+    match prefix {
+        Varint::Value(len) => check_len(len, limits.max_header_len, 0, "header"),
+        Varint::End => Err(Error::Truncated {
+            offset: 0,
+            what: "header",
+        }),
+    }
+}
+
+/// A block's length from its prefix at `offset`; `None` at a clean end of the CAR.
+fn block_len(prefix: Varint, limits: &CarLimits, offset: u64) -> Result<Option<usize>, Error> {
+    match prefix {
+        Varint::Value(len) => check_len(len, limits.max_block_len, offset, "block").map(Some),
+        Varint::End => Ok(None),
+    }
+}
+
+/// Fails with `Truncated` unless a read of `len` bytes got them all.
+fn check_filled(n_read: usize, len: usize, offset: u64, what: &'static str) -> Result<(), Error> {
+    if n_read < len {
+        return Err(Error::Truncated { offset, what });
+    }
+    Ok(())
+}
+
+/// Splits a block section (CID, then data) that started at `offset`, and checks one against the other.
+fn parse_block(section: Vec<u8>, offset: u64) -> Result<Block, Error> {
+    let bad = |message: String| Error::BadBlock { offset, message };
+    let mut rest = section.as_slice();
+    let cid = Cid::read_bytes(&mut rest).map_err(|e| bad(format!("invalid CID: {e}")))?;
+    check_cid(&cid).map_err(|message| bad(format!("{cid}: {message}")))?;
+    if !digest_matches(&cid, rest) {
+        return Err(Error::HashMismatch { cid, offset });
+    }
+    let cid_len = section.len() - rest.len();
+    let mut data = section;
+    data.drain(..cid_len);
+    Ok(Block { cid, data })
+}
+
+/// Folds the result of one `read` call into `filled` and `offset`; true when the input has ended.
+#[inline] // called per length-prefix byte from the readers' generic code, as `VarintState::push` is
+fn advance(
+    result: std::io::Result<usize>,
+    filled: &mut usize,
+    offset: &mut u64,
+) -> Result<bool, Error> {
+    match result {
+        Ok(0) => Ok(true),
+        Ok(n) => {
+            *filled += n;
+            *offset += n as u64;
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(false),
+        Err(source) => Err(Error::Io {
+            offset: *offset,
+            source,
+        }),
+    }
 }
 
 /// Reads a CAR v1 block by block from any [`Read`], checking every block's hash.
@@ -262,17 +337,10 @@ impl<R: Read> CarReader<R> {
     /// Reads and checks the header.
     pub fn with_limits(mut reader: R, limits: CarLimits) -> Result<Self, Error> {
         let mut offset = 0;
-        let header_len = match read_varint(&mut reader, &mut offset)? {
-            Varint::Value(len) => check_len(len, limits.max_header_len, 0, "header")?,
-            Varint::End => {
-                return Err(Error::Truncated {
-                    offset: 0,
-                    what: "header",
-                })
-            }
-        };
-        let mut bytes = vec![0; header_len];
-        read_exact(&mut reader, &mut bytes, &mut offset, "header")?;
+        let prefix = read_varint(&mut reader, &mut offset)?;
+        let mut bytes = vec![0; header_len(prefix, &limits)?];
+        let n_read = fill(&mut reader, &mut bytes, &mut offset)?;
+        check_filled(n_read, bytes.len(), offset, "header")?;
         let header = parse_header(&bytes)?;
         Ok(CarReader {
             reader,
@@ -295,12 +363,13 @@ impl<R: Read> CarReader<R> {
     /// The next block, `None` at a clean end of input, or an error for a bad or truncated block.
     pub fn next_block(&mut self) -> Result<Option<Block>, Error> {
         let start = self.offset;
-        let len = match read_varint(&mut self.reader, &mut self.offset)? {
-            Varint::Value(len) => check_len(len, self.limits.max_block_len, start, "block")?,
-            Varint::End => return Ok(None),
+        let prefix = read_varint(&mut self.reader, &mut self.offset)?;
+        let Some(len) = block_len(prefix, &self.limits, start)? else {
+            return Ok(None);
         };
         let mut section = vec![0; len];
-        read_exact(&mut self.reader, &mut section, &mut self.offset, "block")?;
+        let n_read = fill(&mut self.reader, &mut section, &mut self.offset)?;
+        check_filled(n_read, len, self.offset, "block")?;
         parse_block(section, start).map(Some)
     }
 
@@ -318,65 +387,22 @@ impl<R: Read> Iterator for CarReader<R> {
     }
 }
 
-fn read_varint<R: Read>(reader: &mut R, offset: &mut u64) -> Result<Varint, Error> {
-    let mut state = VarintState::default();
-    let start = *offset;
-    loop {
-        let mut byte = [0u8];
-        match reader.read(&mut byte) {
-            Ok(0) if state.n_bytes == 0 => return Ok(Varint::End),
-            Ok(0) => {
-                return Err(Error::Truncated {
-                    offset: *offset,
-                    what: "length prefix",
-                })
-            }
-            Ok(_) => {
-                *offset += 1;
-                if let Some(value) = state.push(byte[0], start)? {
-                    return Ok(Varint::Value(value));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    offset: *offset,
-                    source,
-                })
-            }
-        }
-    }
+/// Reads until `buf` is full or the input ends; returns the number of bytes read.
+fn fill<R: Read>(reader: &mut R, buf: &mut [u8], offset: &mut u64) -> Result<usize, Error> {
+    let mut filled = 0;
+    while filled < buf.len() && !advance(reader.read(&mut buf[filled..]), &mut filled, offset)? {}
+    Ok(filled)
 }
 
-fn read_exact<R: Read>(
-    reader: &mut R,
-    buf: &mut [u8],
-    offset: &mut u64,
-    what: &'static str,
-) -> Result<(), Error> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => {
-                return Err(Error::Truncated {
-                    offset: *offset,
-                    what,
-                })
-            }
-            Ok(n) => {
-                filled += n;
-                *offset += n as u64;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    offset: *offset,
-                    source,
-                })
-            }
+fn read_varint<R: Read>(reader: &mut R, offset: &mut u64) -> Result<Varint, Error> {
+    let mut prefix = VarintState::new(*offset);
+    loop {
+        let mut byte = [0u8];
+        let n_read = fill(reader, &mut byte, offset)?;
+        if let Some(varint) = prefix.push((n_read == 1).then_some(byte[0]), *offset)? {
+            return Ok(varint);
         }
     }
-    Ok(())
 }
 
 /// The asynchronous twin of [`CarReader`], for response bodies such as `getRepo`.
@@ -396,17 +422,10 @@ impl<R: AsyncRead + Unpin> AsyncCarReader<R> {
     /// Reads and checks the header.
     pub async fn with_limits(mut reader: R, limits: CarLimits) -> Result<Self, Error> {
         let mut offset = 0;
-        let header_len = match read_varint_async(&mut reader, &mut offset).await? {
-            Varint::Value(len) => check_len(len, limits.max_header_len, 0, "header")?,
-            Varint::End => {
-                return Err(Error::Truncated {
-                    offset: 0,
-                    what: "header",
-                })
-            }
-        };
-        let mut bytes = vec![0; header_len];
-        read_exact_async(&mut reader, &mut bytes, &mut offset, "header").await?;
+        let prefix = read_varint_async(&mut reader, &mut offset).await?;
+        let mut bytes = vec![0; header_len(prefix, &limits)?];
+        let n_read = fill_async(&mut reader, &mut bytes, &mut offset).await?;
+        check_filled(n_read, bytes.len(), offset, "header")?;
         let header = parse_header(&bytes)?;
         Ok(AsyncCarReader {
             reader,
@@ -430,78 +449,41 @@ impl<R: AsyncRead + Unpin> AsyncCarReader<R> {
     /// future mid-block leaves the reader in the middle of a block.
     pub async fn next_block(&mut self) -> Result<Option<Block>, Error> {
         let start = self.offset;
-        let len = match read_varint_async(&mut self.reader, &mut self.offset).await? {
-            Varint::Value(len) => check_len(len, self.limits.max_block_len, start, "block")?,
-            Varint::End => return Ok(None),
+        let prefix = read_varint_async(&mut self.reader, &mut self.offset).await?;
+        let Some(len) = block_len(prefix, &self.limits, start)? else {
+            return Ok(None);
         };
         let mut section = vec![0; len];
-        read_exact_async(&mut self.reader, &mut section, &mut self.offset, "block").await?;
+        let n_read = fill_async(&mut self.reader, &mut section, &mut self.offset).await?;
+        check_filled(n_read, len, self.offset, "block")?;
         parse_block(section, start).map(Some)
     }
+}
+
+async fn fill_async<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+    offset: &mut u64,
+) -> Result<usize, Error> {
+    let mut filled = 0;
+    while filled < buf.len()
+        && !advance(reader.read(&mut buf[filled..]).await, &mut filled, offset)?
+    {}
+    Ok(filled)
 }
 
 async fn read_varint_async<R: AsyncRead + Unpin>(
     reader: &mut R,
     offset: &mut u64,
 ) -> Result<Varint, Error> {
-    let mut state = VarintState::default();
-    let start = *offset;
+    let mut prefix = VarintState::new(*offset);
     loop {
         let mut byte = [0u8];
-        match reader.read(&mut byte).await {
-            Ok(0) if state.n_bytes == 0 => return Ok(Varint::End),
-            Ok(0) => {
-                return Err(Error::Truncated {
-                    offset: *offset,
-                    what: "length prefix",
-                })
-            }
-            Ok(_) => {
-                *offset += 1;
-                if let Some(value) = state.push(byte[0], start)? {
-                    return Ok(Varint::Value(value));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    offset: *offset,
-                    source,
-                })
-            }
+        let n_read = fill_async(reader, &mut byte, offset).await?;
+        if let Some(varint) = prefix.push((n_read == 1).then_some(byte[0]), *offset)? {
+            return Ok(varint);
         }
     }
-}
-
-async fn read_exact_async<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut [u8],
-    offset: &mut u64,
-    what: &'static str,
-) -> Result<(), Error> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]).await {
-            Ok(0) => {
-                return Err(Error::Truncated {
-                    offset: *offset,
-                    what,
-                })
-            }
-            Ok(n) => {
-                filled += n;
-                *offset += n as u64;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    offset: *offset,
-                    source,
-                })
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Writes a CAR v1 to any [`Write`].
@@ -646,24 +628,76 @@ mod tests {
         assert!(err.to_string().contains("exceeds the limit"), "{err}");
     }
 
-    #[test]
-    fn async_reader_matches_sync_reader() {
-        let (_, _, car) = sample();
+    /// Reads `car` with the async reader and gives every block, or the first error as a string.
+    fn read_async(car: &[u8]) -> Result<Vec<Block>, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let blocks = runtime.block_on(async {
-            let mut reader = AsyncCarReader::new(car.as_slice()).await.unwrap();
+        runtime.block_on(async {
+            let mut reader = AsyncCarReader::new(car).await.map_err(|e| e.to_string())?;
             let mut blocks = Vec::new();
-            while let Some(block) = reader.next_block().await.unwrap() {
+            while let Some(block) = reader.next_block().await.map_err(|e| e.to_string())? {
                 blocks.push(block);
             }
-            blocks
-        });
+            Ok(blocks)
+        })
+    }
+
+    #[test]
+    fn async_reader_fails_where_and_as_the_sync_reader_does() {
+        let (_, _, mut car) = sample();
+        let last = car.len() - 1;
+        for cut in 0..=car.len() {
+            let sync = CarReader::new(&car[..cut])
+                .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| e.to_string());
+            assert_eq!(read_async(&car[..cut]), sync, "cut at {cut}");
+        }
+        car[last] ^= 1;
+        let sync = CarReader::new(car.as_slice())
+            .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| e.to_string());
+        assert!(
+            sync.as_ref().unwrap_err().contains("do not match"),
+            "{sync:?}"
+        );
+        assert_eq!(read_async(&car), sync);
+    }
+
+    #[test]
+    fn truncation_reports_where_the_input_ended() {
+        let (_, _, car) = sample();
+        let cut = car.len() - 3;
+        let err = CarReader::new(&car[..cut])
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Truncated { offset, what: "block" } if offset == cut as u64),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_length_prefixes_are_rejected() {
+        for (prefix, expected) in [
+            (&[0x80, 0x00][..], "not minimally encoded"),
+            (&[0xff; 10][..], "longer than 9 bytes"),
+            (&[0x00][..], "length 0"),
+            (&[0x85][..], "truncated"),
+        ] {
+            let err = CarReader::new(prefix).err().unwrap();
+            assert!(err.to_string().contains(expected), "{prefix:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn async_reader_matches_sync_reader() {
+        let (_, _, car) = sample();
         let sync_blocks: Vec<Block> = CarReader::new(car.as_slice())
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        assert_eq!(blocks, sync_blocks);
+        assert_eq!(read_async(&car).unwrap(), sync_blocks);
     }
 }
