@@ -94,28 +94,11 @@ impl NodeData {
 
     /// Encodes the node canonically, compressing each key against the previous one.
     pub fn encode(&self) -> Vec<u8> {
-        let mut encoder = Encoder::with_buffer(Vec::with_capacity(16 + self.entries.len() * 100));
-        encoder.write_map_header(2);
-        encoder.write_str("e");
-        encoder.write_array_header(self.entries.len());
-        let mut previous_key: &[u8] = &[];
-        for entry in &self.entries {
-            let key = entry.key.as_bytes();
-            let prefix_len = common_prefix_len(previous_key, key);
-            encoder.write_map_header(4);
-            encoder.write_str("k");
-            encoder.write_bytes(&key[prefix_len..]);
-            encoder.write_str("p");
-            encoder.write_u64(prefix_len as u64);
-            encoder.write_str("t");
-            encoder.write_optional_link(entry.right.as_ref());
-            encoder.write_str("v");
-            encoder.write_link(&entry.value);
-            previous_key = key;
-        }
-        encoder.write_str("l");
-        encoder.write_optional_link(self.left.as_ref());
-        encoder.into_bytes()
+        let entries = self
+            .entries
+            .iter()
+            .map(|entry| (entry.key.as_str(), &entry.value, entry.right.as_ref()));
+        encode_node(self.left.as_ref(), entries)
     }
 
     /// The node's CID.
@@ -124,8 +107,39 @@ impl NodeData {
     }
 }
 
+/// Encodes a node from borrowed parts (key, value, right subtree per entry): what
+/// [`NodeData::encode`] and the tree's hashing share, so that hashing a changed node copies no keys.
+pub(super) fn encode_node<'a>(
+    left: Option<&Cid>,
+    entries: impl ExactSizeIterator<Item = (&'a str, &'a Cid, Option<&'a Cid>)>,
+) -> Vec<u8> {
+    let mut encoder = Encoder::with_buffer(Vec::with_capacity(16 + entries.len() * 100));
+    encoder.write_map_header(2);
+    encoder.write_str("e");
+    encoder.write_array_header(entries.len());
+    let mut previous_key: &[u8] = &[];
+    for (key, value, right) in entries {
+        let key = key.as_bytes();
+        let prefix_len = common_prefix_len(previous_key, key);
+        encoder.write_map_header(4);
+        encoder.write_str("k");
+        encoder.write_bytes(&key[prefix_len..]);
+        encoder.write_str("p");
+        encoder.write_u64(prefix_len as u64);
+        encoder.write_str("t");
+        encoder.write_optional_link(right);
+        encoder.write_str("v");
+        encoder.write_link(value);
+        previous_key = key;
+    }
+    encoder.write_str("l");
+    encoder.write_optional_link(left);
+    encoder.into_bytes()
+}
+
 fn decode_entries(decoder: &mut Decoder<'_>) -> Result<Vec<EntryData>, String> {
-    let n_entries = decoder.read_array_len().map_err(|e| e.to_string())?;
+    let cbor = |e: butterfly_data::Error| e.to_string();
+    let n_entries = decoder.read_array_len().map_err(cbor)?;
     if n_entries > MAX_ENTRIES {
         return Err(format!(
             "{n_entries} entries exceed the limit of {MAX_ENTRIES}"
@@ -134,16 +148,16 @@ fn decode_entries(decoder: &mut Decoder<'_>) -> Result<Vec<EntryData>, String> {
     let mut entries: Vec<EntryData> = Vec::with_capacity(n_entries);
     let mut key_buf: Vec<u8> = Vec::new();
     for index in 0..n_entries {
-        let n_fields = decoder.read_map_len().map_err(|e| e.to_string())?;
+        let n_fields = decoder.read_map_len().map_err(cbor)?;
         let (mut suffix, mut prefix_len, mut value, mut right) = (None, None, None, None);
         let mut previous = None;
         for _ in 0..n_fields {
-            let field = decoder.read_map_key(previous).map_err(|e| e.to_string())?;
+            let field = decoder.read_map_key(previous).map_err(cbor)?;
             match field {
-                "k" => suffix = Some(decoder.read_bytes().map_err(|e| e.to_string())?),
-                "p" => prefix_len = Some(decoder.read_u64().map_err(|e| e.to_string())?),
-                "t" => right = decoder.read_optional_link().map_err(|e| e.to_string())?,
-                "v" => value = Some(decoder.read_link().map_err(|e| e.to_string())?),
+                "k" => suffix = Some(decoder.read_bytes().map_err(cbor)?),
+                "p" => prefix_len = Some(decoder.read_u64().map_err(cbor)?),
+                "t" => right = decoder.read_optional_link().map_err(cbor)?,
+                "v" => value = Some(decoder.read_link().map_err(cbor)?),
                 other => return Err(format!("entry {index} has an unexpected field {other:?}")),
             }
             previous = Some(field);

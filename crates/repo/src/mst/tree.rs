@@ -1,6 +1,6 @@
 //! A mutable MST whose nodes load lazily from a [`BlockSource`].
 
-use super::node::{key_height, EntryData, NodeData};
+use super::node::{encode_node, key_height, NodeData};
 use super::Error;
 use crate::blocks::BlockSource;
 use butterfly_data::Cid;
@@ -517,16 +517,17 @@ fn link_cid(link: &mut Link, emit: &mut dyn FnMut(Cid, Vec<u8>)) -> Cid {
         return cid;
     }
     let left = node.left.as_mut().map(|child| link_cid(child, emit));
-    let entries = node
+    let rights: Vec<Option<Cid>> = node
         .entries
         .iter_mut()
-        .map(|entry| EntryData {
-            key: entry.key.clone(),
-            value: entry.value,
-            right: entry.right.as_mut().map(|child| link_cid(child, emit)),
-        })
+        .map(|entry| entry.right.as_mut().map(|child| link_cid(child, emit)))
         .collect();
-    let bytes = NodeData { left, entries }.encode();
+    let entries = node
+        .entries
+        .iter()
+        .zip(&rights)
+        .map(|(entry, right)| (entry.key.as_str(), &entry.value, right.as_ref()));
+    let bytes = encode_node(left.as_ref(), entries);
     let cid = butterfly_data::cid_for_cbor(&bytes);
     emit(cid, bytes);
     node.cid = Some(cid);
