@@ -32,9 +32,9 @@ enum Pending {
 pub struct Walk<'s> {
     source: &'s mut dyn BlockSource,
     stack: Vec<Pending>,
-    /// The previous record's key, reused as a buffer; `started` says whether it holds one.
+    /// The previous record's key, reused as a buffer. It starts empty, which sorts before every
+    /// valid key (none is empty), so the first record needs no special case.
     last_key: String,
-    started: bool,
 }
 
 /// Walks the tree whose root node is `root`.
@@ -46,7 +46,6 @@ pub fn walk(root: Cid, source: &mut dyn BlockSource) -> Walk<'_> {
             layer: None,
         }],
         last_key: String::new(),
-        started: false,
     }
 }
 
@@ -108,13 +107,12 @@ impl Walk<'_> {
                     }
                 }
                 Pending::Leaf { key, cid } => {
-                    if self.started && self.last_key >= key {
+                    if self.last_key >= key {
                         let message = format!("key {key:?} comes after {:?}", self.last_key);
                         return Err(Error::Malformed { cid, message });
                     }
                     self.last_key.clear();
                     self.last_key.push_str(&key);
-                    self.started = true;
                     return Ok(Some(WalkItem::Record { key, cid }));
                 }
             }
