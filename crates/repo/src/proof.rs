@@ -116,54 +116,34 @@ pub fn invert_ops(
     }
     match invert_inner(new_root, ops, blocks) {
         Ok(root) => Ok(Inversion::Complete(root)),
-        Err(Failure::Mst(mst::Error::MissingBlock(cid))) => {
+        Err(Error::Mst(mst::Error::MissingBlock(cid))) => {
             Ok(Inversion::Incomplete(Incomplete::MissingBlock(cid)))
         }
-        Err(Failure::Mst(e)) => Err(Error::Mst(e)),
-        Err(Failure::Mismatch(e)) => Err(e),
+        Err(e) => Err(e),
     }
 }
 
-/// MST errors and op mismatches in one type, so that `?` works through the loop.
-enum Failure {
-    Mst(mst::Error),
-    Mismatch(Error),
-}
-
-impl From<mst::Error> for Failure {
-    fn from(e: mst::Error) -> Self {
-        Failure::Mst(e)
-    }
-}
-
-fn invert_inner(
-    new_root: Cid,
-    ops: &[RepoOp],
-    blocks: &mut dyn BlockSource,
-) -> Result<Cid, Failure> {
-    let mut tree = Mst::load(new_root, blocks)?;
+fn invert_inner(new_root: Cid, ops: &[RepoOp], blocks: &mut dyn BlockSource) -> Result<Cid, Error> {
+    let mut tree = Mst::load(new_root, blocks).map_err(Error::Mst)?;
     for op in ops {
         let (path, expected_now, restore) = match op {
             RepoOp::Create { path, cid } => (path, Some(*cid), None),
             RepoOp::Update { path, cid, prev } => (path, Some(*cid), *prev),
             RepoOp::Delete { path, prev } => (path, None, *prev),
         };
-        let found = tree.get(path, blocks)?;
+        let found = tree.get(path, blocks).map_err(Error::Mst)?;
         if found != expected_now {
-            return Err(Failure::Mismatch(Error::Mismatch {
+            return Err(Error::Mismatch {
                 path: path.clone(),
                 expected: expected_now,
                 found,
-            }));
+            });
         }
         match restore {
-            Some(prev) => {
-                tree.insert(path, prev, blocks)?;
-            }
-            None => {
-                tree.remove(path, blocks)?;
-            }
+            Some(prev) => tree.insert(path, prev, blocks),
+            None => tree.remove(path, blocks),
         }
+        .map_err(Error::Mst)?;
     }
     Ok(tree.root_cid())
 }
