@@ -140,6 +140,11 @@ impl<R: Read + Seek> IndexedCar<R> {
         reader
             .seek(SeekFrom::Start(0))
             .map_err(|source| car::Error::Io { offset: 0, source })?;
+        // The index keeps lengths as u32, so a larger block could not be read back whole.
+        let limits = car::CarLimits {
+            max_block_len: limits.max_block_len.min(u32::MAX as usize),
+            ..limits
+        };
         let buffered = std::io::BufReader::with_capacity(256 * 1024, &mut reader);
         let mut car_reader = CarReader::with_limits(buffered, limits)?;
         let header = car_reader.header().clone();
