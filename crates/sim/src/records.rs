@@ -153,7 +153,8 @@ fn text(s: impl Into<String>) -> Value {
     Value::String(s.into())
 }
 
-fn fake_did(rng: &mut Rng) -> String {
+/// A `did:plc` with 24 random base32 characters, registered nowhere.
+pub(crate) fn fake_did(rng: &mut Rng) -> String {
     const BASE32: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
     let suffix: String = (0..24)
         .map(|_| BASE32[rng.below(32) as usize] as char)

@@ -1,6 +1,6 @@
 //! Whole signed repos, written as CAR files in the stream-friendly order.
 
-use crate::records::{record, RecordKind};
+use crate::records::{fake_did, record, RecordKind};
 use crate::rng::Rng;
 use butterfly_crypto::{Algorithm, PrivateKey};
 use butterfly_data::{cid_for_cbor, Cid};
@@ -107,12 +107,8 @@ pub fn generate_repo<W: Write>(spec: &RepoSpec, out: W) -> Result<GeneratedRepo,
             break key;
         }
     };
-    let did_suffix: String = (0..24)
-        .map(|_| b"abcdefghijklmnopqrstuvwxyz234567"[rng.below(32) as usize] as char)
-        .collect();
     #[allow(clippy::expect_used)]
-    let did =
-        Did::parse(&format!("did:plc:{did_suffix}")).expect("24 base32 characters make a did:plc");
+    let did = Did::parse(&fake_did(&mut rng)).expect("24 base32 characters make a did:plc");
     let clock_id = rng.below(1024) as u16;
 
     // Keys and CIDs only; record bytes are regenerated while writing.
