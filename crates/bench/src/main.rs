@@ -11,9 +11,9 @@
 use anyhow::{bail, Context};
 use butterfly_repo::car::CarReader;
 use butterfly_repo::mst::{self, WalkItem};
-use butterfly_repo::{BlockMap, BlockSource};
+use butterfly_repo::BlockMap;
 use clap::{Parser, Subcommand};
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -124,35 +124,19 @@ fn repo(records: u64, car: &Path, iterations: u32, js: bool, peers: &Path) -> an
 
     // 1. Streaming read from the file, every block's hash checked.
     let (read_time, n_blocks) = best(iterations, || {
-        let reader = BufReader::with_capacity(1 << 20, std::fs::File::open(car)?);
-        let mut n_blocks = 0u64;
-        for block in CarReader::new(reader)? {
-            block?;
-            n_blocks += 1;
-        }
-        Ok(n_blocks)
+        count_blocks(BufReader::with_capacity(1 << 20, std::fs::File::open(car)?))
     })?;
 
     // 2. The same from memory, as the JavaScript reference measures it.
     let bytes = std::fs::read(car)?;
-    let (read_mem_time, _) = best(iterations, || {
-        let mut n_blocks = 0u64;
-        for block in CarReader::new(bytes.as_slice())? {
-            block?;
-            n_blocks += 1;
-        }
-        Ok(n_blocks)
-    })?;
+    let (read_mem_time, _) = best(iterations, || count_blocks(bytes.as_slice()))?;
 
     // 3. Full MST walk over blocks in memory (as `MemoryBlockstore` in the reference).
     let (header, mut blocks) = BlockMap::from_car(CarReader::new(bytes.as_slice())?)?;
     drop(bytes);
-    let root = header.roots[0];
-    let commit_bytes = blocks
-        .get_block(&root)?
-        .context("commit block missing")?
-        .into_owned();
-    let commit = butterfly_repo::commit::Commit::decode(&root, &commit_bytes)?;
+    let root = *header.roots.first().context("the CAR names no root")?;
+    let commit_bytes = blocks.get(&root).context("commit block missing")?;
+    let commit = butterfly_repo::commit::Commit::decode(&root, commit_bytes)?;
     let (walk_time, n_records) = best(iterations, || {
         let mut n_records = 0u64;
         for item in mst::walk(commit.data, &mut blocks) {
@@ -199,6 +183,16 @@ fn repo(records: u64, car: &Path, iterations: u32, js: bool, peers: &Path) -> an
         js_comparison(car, peers, iterations, read_mem_time, walk_time)?;
     }
     Ok(())
+}
+
+/// Reads a whole CAR, checking every block's hash; returns the number of blocks.
+fn count_blocks(reader: impl Read) -> anyhow::Result<u64> {
+    let mut n_blocks = 0;
+    for block in CarReader::new(reader)? {
+        block?;
+        n_blocks += 1;
+    }
+    Ok(n_blocks)
 }
 
 /// Runs a command to completion; returns its peak RSS in KiB, from the kernel's accounting of that
