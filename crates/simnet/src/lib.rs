@@ -1,0 +1,1 @@
+//! The simulated network server (work in progress).

@@ -1,0 +1,1 @@
+//! WebSocket event-stream clients (work in progress).
