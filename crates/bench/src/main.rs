@@ -8,6 +8,8 @@
 
 #![allow(unsafe_code)] // wait4 for a child's peak RSS: the only unsafe code in the workspace.
 
+mod firehose;
+
 use anyhow::{bail, Context};
 use butterfly_repo::car::CarReader;
 use butterfly_repo::mst::{self, WalkItem};
@@ -48,6 +50,27 @@ enum BenchCommand {
         #[arg(long, default_value = "../shared/peers")]
         peers: PathBuf,
     },
+    /// Decode-only frames/s and fully verified commits/s on a simulator frame log.
+    Firehose {
+        /// The frame log; generated with `butterfly sim firehose` if it does not exist.
+        #[arg(long, default_value = "target/bench/firehose-200k.frames")]
+        frames: PathBuf,
+        /// DID documents for the log; generated alongside it.
+        #[arg(long, default_value = "target/bench/firehose-200k.identities.json")]
+        identities: PathBuf,
+        /// Repos when generating.
+        #[arg(long, default_value_t = 10_000)]
+        repos: u64,
+        /// Events when generating.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Runs per measurement; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        iterations: u32,
+        /// Runtime threads for the pipeline (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,7 +82,104 @@ fn main() -> anyhow::Result<()> {
             js,
             peers,
         } => repo(records, &car, iterations, js, &peers),
+        BenchCommand::Firehose {
+            frames,
+            identities,
+            repos,
+            events,
+            iterations,
+            threads,
+        } => firehose_bench(&frames, &identities, repos, events, iterations, threads),
     }
+}
+
+fn butterfly_binary() -> anyhow::Result<PathBuf> {
+    let butterfly = std::env::current_exe()?.with_file_name("butterfly");
+    if !butterfly.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p butterfly`",
+            butterfly.display()
+        );
+    }
+    Ok(butterfly)
+}
+
+fn firehose_bench(
+    frames_path: &Path,
+    identities: &Path,
+    repos: u64,
+    events: u64,
+    iterations: u32,
+    threads: Option<usize>,
+) -> anyhow::Result<()> {
+    if !frames_path.exists() || !identities.exists() {
+        if let Some(dir) = frames_path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        eprintln!(
+            "generating {events} events over {repos} repos into {} ...",
+            frames_path.display()
+        );
+        let mut sim = Command::new(butterfly_binary()?);
+        sim.args(["sim", "firehose", "--seed", "1"])
+            .args([
+                "--repos",
+                &repos.to_string(),
+                "--events",
+                &events.to_string(),
+            ])
+            .arg("--out")
+            .arg(frames_path)
+            .arg("--identities-out")
+            .arg(identities)
+            .stdout(Stdio::null());
+        run_measured(&mut sim)?;
+    }
+    let frames = firehose::load_frames(frames_path)?;
+    let keys = firehose::load_keys(identities)?;
+    let bytes: usize = frames.iter().map(Vec::len).sum();
+    let threads =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let (decode_time, commits) = best(iterations, || firehose::decode_all(&frames))?;
+    let mode = butterfly_firehose::VerifyMode::Strict;
+    let (serial_time, serial) = best(iterations, || firehose::verify_serial(&frames, &keys, mode))?;
+    let (pipeline_time, parallel) = best(iterations, || {
+        firehose::verify_pipeline(&frames, &keys, mode, threads)
+    })?;
+    for tally in [serial, parallel] {
+        if tally.rejected > 0 {
+            bail!(
+                "{} of the simulator's messages were rejected: the log or the verifier is wrong",
+                tally.rejected
+            );
+        }
+    }
+    println!(
+        "butterfly firehose benchmark: {} ({} frames, {commits} commits, {:.1} MiB), best of {iterations}",
+        frames_path.display(),
+        frames.len(),
+        mib(bytes as u64)
+    );
+    println!("{:<52} {:>10} {:>16}", "measurement", "seconds", "rate");
+    let row = |name: &str, time: Duration, rate: String| {
+        println!("{name:<52} {:>10.3} {rate:>16}", time.as_secs_f64())
+    };
+    row(
+        "decode only (1 thread), frames",
+        decode_time,
+        firehose::rate(frames.len() as u64, decode_time),
+    );
+    row(
+        "strict verify (1 thread), commits",
+        serial_time,
+        firehose::rate(serial.commits, serial_time),
+    );
+    row(
+        &format!("strict verify (pipeline, {threads} threads), commits"),
+        pipeline_time,
+        firehose::rate(parallel.commits, pipeline_time),
+    );
+    Ok(())
 }
 
 fn best<T>(

@@ -176,7 +176,10 @@ mod tests {
         let cut = &bytes[..bytes.len() - 10];
         let err = FrameLogReader::new(cut).last().unwrap().unwrap_err();
         assert!(matches!(err, Error::Truncated { missing: 10, .. }), "{err}");
-        let err = FrameLogReader::new(&bytes[..2]).next().unwrap().unwrap_err();
+        let err = FrameLogReader::new(&bytes[..2])
+            .next()
+            .unwrap()
+            .unwrap_err();
         assert!(matches!(err, Error::Truncated { missing: 2, .. }), "{err}");
     }
 

@@ -235,7 +235,10 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, Error> {
             part: "body",
             source: butterfly_data::Error::Cbor {
                 offset: d.position() - body_start,
-                message: format!("{} trailing bytes after the body", bytes.len() - d.position()),
+                message: format!(
+                    "{} trailing bytes after the body",
+                    bytes.len() - d.position()
+                ),
             },
         });
     }
@@ -489,8 +492,7 @@ fn decode_identity(d: &mut Decoder<'_>) -> Result<IdentityEvent, Error> {
             "handle" => {
                 handle = match f.optional_string(d)? {
                     Some(text) => Some(
-                        Handle::parse(&text)
-                            .map_err(|e| field(f.kind, format!("handle: {e}")))?,
+                        Handle::parse(&text).map_err(|e| field(f.kind, format!("handle: {e}")))?,
                     ),
                     None => None,
                 }

@@ -257,6 +257,17 @@ impl Directory {
         })
     }
 
+    /// The signing key of `did` after a forced refetch of its document, for when a signature made
+    /// with the cached key failed. Forced refetches of one DID are at least `min_refetch_interval`
+    /// apart; within that interval the cached key is returned, so forged signatures cannot turn into a
+    /// flood of lookups.
+    pub async fn refetch_signing_key(&self, did: &Did) -> Result<PublicKey, Error> {
+        if self.may_force_refetch(did) {
+            self.purge(&AtIdentifier::Did(did.clone()));
+        }
+        self.signing_key(did).await
+    }
+
     fn may_force_refetch(&self, did: &Did) -> bool {
         let now = std::time::Instant::now();
         let mut last = self

@@ -2,6 +2,8 @@
 
 mod car;
 mod did_doc;
+mod firehose;
+mod firehose_json;
 mod network;
 mod plc;
 mod resolve;
@@ -22,6 +24,9 @@ enum Command {
     /// Read, verify and list repo CAR files.
     #[command(subcommand)]
     Car(car::CarCommand),
+    /// Follow a firehose (subscribeRepos or Jetstream) or replay a frame log, verifying every
+    /// message; or inspect a frame log offline.
+    Firehose(firehose::FirehoseArgs),
     /// Work with did:plc identities.
     #[command(subcommand)]
     Plc(plc::PlcCommand),
@@ -43,6 +48,13 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let succeeded = |()| Outcome::Success;
     match cli.command {
         Command::Car(command) => car::run(command).map(succeeded),
+        Command::Firehose(args) => firehose::run(args).map(|all_good| {
+            if all_good {
+                Outcome::Success
+            } else {
+                Outcome::CheckFailed
+            }
+        }),
         Command::Plc(command) => plc::run(command).map(|valid| {
             if valid {
                 Outcome::Success
