@@ -136,13 +136,11 @@ pub enum Reason {
     BrokenChain,
     /// The account is not active.
     InactiveAccount,
-    /// A `#sync` that is older than, or the same as, the state already held.
-    StaleSync,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 21] = [
         Reason::MalformedFrame,
         Reason::SeqNotIncreasing,
         Reason::UnknownMessageType,
@@ -164,7 +162,6 @@ impl Reason {
         Reason::InversionMismatch,
         Reason::BrokenChain,
         Reason::InactiveAccount,
-        Reason::StaleSync,
     ];
 
     /// The reason's name in reports and metrics.
@@ -191,7 +188,6 @@ impl Reason {
             Reason::InversionMismatch => "inversion_mismatch",
             Reason::BrokenChain => "broken_chain",
             Reason::InactiveAccount => "inactive_account",
-            Reason::StaleSync => "stale_sync",
         }
     }
 
@@ -581,39 +577,38 @@ impl Verifier {
             r.inversion = Some(inversion.clone());
             r
         };
-        let legacy_allowed = mode == VerifyMode::Lenient && event.prev_data.is_none();
-        if !legacy_allowed {
-            let Some(prev_data) = event.prev_data else {
+        match (event.prev_data, &event.since) {
+            (Some(prev_data), _) => {
+                match &inversion {
+                    Inversion::Complete(root) if *root == prev_data => {}
+                    Inversion::Complete(root) => {
+                        return Err(with_inversion(reject(
+                            Reason::InversionMismatch,
+                            format!("undoing the ops gives {root}, prevData is {prev_data}"),
+                        )))
+                    }
+                    Inversion::Incomplete(why) => {
+                        return Err(with_inversion(reject(
+                            Reason::IncompleteProof,
+                            describe_incomplete(why),
+                        )))
+                    }
+                }
+                self.check_chain(&event.repo, held.data, Some(prev_data))
+                    .map_err(with_inversion)?;
+            }
+            // A repo's first commit: there is no previous tree to invert to. It must not arrive
+            // for a repo we already hold, which would be a reset.
+            (None, None) => self
+                .check_chain(&event.repo, held.data, None)
+                .map_err(with_inversion)?,
+            // A commit from before sync 1.1.
+            (None, Some(_)) if mode == VerifyMode::Lenient => {}
+            (None, Some(_)) => {
                 return Err(with_inversion(reject(
                     Reason::MissingPrevData,
                     "no prevData (a pre-sync-1.1 commit; accepted only in lenient mode)",
-                )));
-            };
-            match &inversion {
-                Inversion::Complete(root) if *root == prev_data => {}
-                Inversion::Complete(root) => {
-                    return Err(with_inversion(reject(
-                        Reason::InversionMismatch,
-                        format!("undoing the ops gives {root}, prevData is {prev_data}"),
-                    )))
-                }
-                Inversion::Incomplete(why) => {
-                    return Err(with_inversion(reject(
-                        Reason::IncompleteProof,
-                        describe_incomplete(why),
-                    )))
-                }
-            }
-            if let Some(held_data) = held.data {
-                if held_data != prev_data {
-                    self.update_state(&event.repo, |s| s.needs_resync = true);
-                    let mut r = with_inversion(reject(
-                        Reason::BrokenChain,
-                        format!("prevData {prev_data} but the last accepted data is {held_data}"),
-                    ));
-                    r.resync = true;
-                    return Err(r);
-                }
+                )))
             }
         }
         self.check_signature(&commit)
@@ -649,27 +644,15 @@ impl Verifier {
             self.check_rev(&event.rev, None)?;
             self.check_signature(&commit).await?;
         }
-        if held.rev.as_ref().is_some_and(|rev| *rev >= event.rev) {
-            return Err(reject(
-                Reason::StaleSync,
-                format!(
-                    "rev {} is not newer than the held rev {}",
-                    event.rev,
-                    held.rev.as_ref().map_or("", Tid::as_str)
-                ),
-            ));
-        }
-        let changed = held.data != Some(commit.data);
-        self.update_state(&event.did, |s| {
-            s.rev = Some(event.rev.clone());
-            s.data = Some(commit.data);
-            s.needs_resync |= changed;
-        });
-        if !changed {
-            return Err(reject(
-                Reason::StaleSync,
-                "the repo's data is unchanged".to_string(),
-            ));
+        // An older or unchanged state is accepted (it is validly signed) but changes nothing.
+        let newer = held.rev.as_ref().is_none_or(|rev| *rev < event.rev);
+        let resync = newer && held.data != Some(commit.data);
+        if newer {
+            self.update_state(&event.did, |s| {
+                s.rev = Some(event.rev.clone());
+                s.data = Some(commit.data);
+                s.needs_resync |= resync;
+            });
         }
         Ok((
             Some(CheckedCommit {
@@ -677,8 +660,35 @@ impl Verifier {
                 blocks,
                 inversion: None,
             }),
-            true,
+            resync,
         ))
+    }
+
+    /// `prev_data` (None for a repo's first commit) must be the data root last accepted, if any.
+    fn check_chain(
+        &self,
+        did: &Did,
+        held: Option<Cid>,
+        prev_data: Option<Cid>,
+    ) -> Result<(), Reject> {
+        let Some(held) = held else {
+            return Ok(());
+        };
+        if prev_data == Some(held) {
+            return Ok(());
+        }
+        self.update_state(did, |s| s.needs_resync = true);
+        let mut r = reject(
+            Reason::BrokenChain,
+            match prev_data {
+                Some(prev_data) => {
+                    format!("prevData {prev_data} but the last accepted data is {held}")
+                }
+                None => format!("a first commit (no since) for a repo held at {held}"),
+            },
+        );
+        r.resync = true;
+        Err(r)
     }
 
     fn check_rev(&self, rev: &Tid, held: Option<&Tid>) -> Result<(), Reject> {
