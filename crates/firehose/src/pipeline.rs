@@ -7,15 +7,18 @@
 //! has fully handled the outcome (written it durably, say); the mark is then the highest seq at or
 //! below which everything is handled: the only cursor that is safe to save.
 //!
-//! Queues are bounded: when the consumer is slow, workers wait, then `submit` waits, and the stream
-//! reader above it stops reading the socket. Memory does not grow.
+//! Outcomes come out in completion order, or in stream order with [`PipelineConfig::ordered`].
+//!
+//! Memory is bounded: at most [`PipelineConfig::max_in_flight`] messages are between `submit` and the
+//! consumer. When the consumer is slow, `submit` waits, and the stream reader above it stops reading
+//! the socket.
 
 use crate::message::{self, Message};
 use crate::verify::{Outcome, Reason, Rejected, Verifier};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Proof that a seq was handed to the workers; give it back with [`LowWaterMark::finish`].
 #[derive(Debug, PartialEq, Eq)]
@@ -93,15 +96,22 @@ pub struct Processed {
     pub ticket: Option<Ticket>,
 }
 
-/// Sizes of the pipeline.
+/// Sizes and ordering of the pipeline.
 #[derive(Clone, Copy, Debug)]
 pub struct PipelineConfig {
     /// Parallel workers; each owns a share of the repos.
     pub workers: usize,
-    /// Messages queued per worker before `submit` waits.
+    /// Messages queued per worker.
     pub worker_queue: usize,
-    /// Outcomes queued for the consumer before workers wait.
+    /// Outcomes queued for the consumer.
     pub output_queue: usize,
+    /// Most messages submitted but not yet taken by the consumer; `submit` waits beyond it. This is
+    /// the pipeline's memory bound.
+    pub max_in_flight: usize,
+    /// Deliver outcomes in submission (stream) order instead of completion order. Within one repo
+    /// the order is the stream's either way; this also orders across repos, at the cost of holding
+    /// finished outcomes behind a slow one (an identity lookup, say), up to `max_in_flight`.
+    pub ordered: bool,
 }
 
 impl Default for PipelineConfig {
@@ -112,7 +122,9 @@ impl Default for PipelineConfig {
             // a whole core's share of the stream.
             workers: cores * 4,
             worker_queue: 256,
-            output_queue: 4096,
+            output_queue: 1024,
+            max_in_flight: 8192,
+            ordered: false,
         }
     }
 }
@@ -122,10 +134,27 @@ impl Default for PipelineConfig {
 #[error("the pipeline's consumer has gone away")]
 pub struct Closed;
 
+/// A message on its way to a worker.
+struct Job {
+    index: u64,
+    message: Message,
+    ticket: Option<Ticket>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// A finished message on its way to the collector, which orders (if asked) and delivers it.
+struct Done {
+    index: u64,
+    processed: Processed,
+    permit: OwnedSemaphorePermit,
+}
+
 /// The front of the pipeline: see the module docs.
 pub struct Pipeline {
-    workers: Vec<mpsc::Sender<(Message, Option<Ticket>)>>,
-    output: mpsc::Sender<Processed>,
+    workers: Vec<mpsc::Sender<Job>>,
+    done: mpsc::UnboundedSender<Done>,
+    in_flight: Arc<Semaphore>,
+    next_index: u64,
     last_seq: Option<i64>,
     mark: Arc<LowWaterMark>,
     verifier: Arc<Verifier>,
@@ -141,16 +170,26 @@ impl Pipeline {
         cursor: Option<i64>,
     ) -> (Pipeline, mpsc::Receiver<Processed>) {
         let (output, outcomes) = mpsc::channel(config.output_queue.max(1));
+        // Unbounded, but never holds more than `max_in_flight`: every entry carries a permit.
+        let (done, done_rx) = mpsc::unbounded_channel();
+        tokio::spawn(collect(done_rx, output, config.ordered));
         let mut workers = Vec::new();
         for _ in 0..config.workers.max(1) {
-            let (tx, mut rx) =
-                mpsc::channel::<(Message, Option<Ticket>)>(config.worker_queue.max(1));
+            let (tx, mut rx) = mpsc::channel::<Job>(config.worker_queue.max(1));
             let verifier = verifier.clone();
-            let output = output.clone();
+            let done = done.clone();
             tokio::spawn(async move {
-                while let Some((message, ticket)) = rx.recv().await {
-                    let outcome = verifier.verify(message).await;
-                    if output.send(Processed { outcome, ticket }).await.is_err() {
+                while let Some(job) = rx.recv().await {
+                    let outcome = verifier.verify(job.message).await;
+                    let finished = Done {
+                        index: job.index,
+                        processed: Processed {
+                            outcome,
+                            ticket: job.ticket,
+                        },
+                        permit: job.permit,
+                    };
+                    if done.send(finished).is_err() {
                         break;
                     }
                 }
@@ -159,7 +198,9 @@ impl Pipeline {
         }
         let pipeline = Pipeline {
             workers,
-            output,
+            done,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            next_index: 0,
             last_seq: cursor,
             mark: Arc::new(LowWaterMark::new(cursor)),
             verifier,
@@ -179,20 +220,27 @@ impl Pipeline {
     }
 
     /// Takes the next message in stream order, or a frame that failed to decode (counted and
-    /// reported as `malformed_frame`). Waits while the workers' queues are full.
+    /// reported as `malformed_frame`). Waits while `max_in_flight` messages are in the pipeline.
     pub async fn submit(&mut self, item: Result<Message, message::Error>) -> Result<(), Closed> {
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Closed)?;
+        let index = self.next_index;
+        self.next_index += 1;
         let message = match item {
             Ok(message) => message,
             Err(error) => {
-                return self
-                    .reject_here(
-                        None,
-                        "frame".into(),
-                        None,
-                        Reason::MalformedFrame,
-                        error.to_string(),
-                    )
-                    .await
+                let rejected = rejected_here(
+                    None,
+                    "frame".into(),
+                    None,
+                    Reason::MalformedFrame,
+                    error.to_string(),
+                );
+                return self.deliver_here(index, rejected, permit);
             }
         };
         let ticket = match message.seq() {
@@ -202,9 +250,9 @@ impl Pipeline {
                     self.last_seq.unwrap_or_default()
                 );
                 let (kind, did) = (message.kind().to_owned(), message.did().cloned());
-                return self
-                    .reject_here(Some(seq), kind, did, Reason::SeqNotIncreasing, detail)
-                    .await;
+                let rejected =
+                    rejected_here(Some(seq), kind, did, Reason::SeqNotIncreasing, detail);
+                return self.deliver_here(index, rejected, permit);
             }
             Some(seq) => {
                 self.last_seq = Some(seq);
@@ -220,37 +268,75 @@ impl Pipeline {
             }
             None => 0,
         };
-        self.workers[worker]
-            .send((message, ticket))
-            .await
-            .map_err(|_| Closed)
+        let job = Job {
+            index,
+            message,
+            ticket,
+            permit,
+        };
+        self.workers[worker].send(job).await.map_err(|_| Closed)
     }
 
-    async fn reject_here(
+    fn deliver_here(
         &self,
-        seq: Option<i64>,
-        kind: String,
-        did: Option<butterfly_syntax::Did>,
-        reason: Reason,
-        detail: String,
+        index: u64,
+        outcome: Outcome,
+        permit: OwnedSemaphorePermit,
     ) -> Result<(), Closed> {
-        let outcome = Outcome::Rejected(Box::new(Rejected {
-            seq,
-            kind,
-            did,
-            reason,
-            detail,
-            inversion: None,
-            resync: false,
-        }));
         self.verifier.stats().record(&outcome);
-        self.output
-            .send(Processed {
+        let done = Done {
+            index,
+            processed: Processed {
                 outcome,
                 ticket: None,
-            })
-            .await
-            .map_err(|_| Closed)
+            },
+            permit,
+        };
+        self.done.send(done).map_err(|_| Closed)
+    }
+}
+
+fn rejected_here(
+    seq: Option<i64>,
+    kind: String,
+    did: Option<butterfly_syntax::Did>,
+    reason: Reason,
+    detail: String,
+) -> Outcome {
+    Outcome::Rejected(Box::new(Rejected {
+        seq,
+        kind,
+        did,
+        reason,
+        detail,
+        inversion: None,
+        resync: false,
+    }))
+}
+
+/// Delivers finished messages to the consumer, in submission order when `ordered`. A message's
+/// permit is released once the consumer's channel has taken it.
+async fn collect(
+    mut done: mpsc::UnboundedReceiver<Done>,
+    output: mpsc::Sender<Processed>,
+    ordered: bool,
+) {
+    let mut waiting: BTreeMap<u64, Done> = BTreeMap::new();
+    let mut next = 0u64;
+    while let Some(finished) = done.recv().await {
+        if !ordered {
+            if output.send(finished.processed).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        waiting.insert(finished.index, finished);
+        while let Some(ready) = waiting.remove(&next) {
+            next += 1;
+            if output.send(ready.processed).await.is_err() {
+                return;
+            }
+        }
     }
 }
 

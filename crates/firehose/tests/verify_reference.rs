@@ -253,6 +253,12 @@ fn signatures_are_checked_against_the_repo_key() {
 
 #[test]
 fn the_pipeline_orders_each_repo_drops_old_seqs_and_tracks_the_low_water_mark() {
+    for ordered in [false, true] {
+        pipeline_run(ordered);
+    }
+}
+
+fn pipeline_run(ordered: bool) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -263,13 +269,17 @@ fn the_pipeline_orders_each_repo_drops_old_seqs_and_tracks_the_low_water_mark() 
             workers: 3,
             worker_queue: 2,
             output_queue: 2,
+            max_in_flight: 4,
+            ordered,
         };
         let (mut pipeline, mut outcomes) = Pipeline::start(verifier, config, None);
         let mark = pipeline.low_water_mark();
         let consumer = tokio::spawn(async move {
             let mut held = Vec::new();
             let mut reasons = Vec::new();
+            let mut order = Vec::new();
             while let Some(processed) = outcomes.recv().await {
+                order.push(processed.outcome.seq());
                 if let Outcome::Rejected(r) = &processed.outcome {
                     reasons.push((r.seq, r.reason));
                 }
@@ -280,7 +290,7 @@ fn the_pipeline_orders_each_repo_drops_old_seqs_and_tracks_the_low_water_mark() 
                     None => {}
                 }
             }
-            (held, reasons, mark)
+            (held, reasons, mark, order)
         });
         let mut all = messages();
         let replayed = all[9].clone(); // seq 10 again, out of order
@@ -293,7 +303,19 @@ fn the_pipeline_orders_each_repo_drops_old_seqs_and_tracks_the_low_water_mark() 
             .await
             .unwrap();
         drop(pipeline);
-        let (held, reasons, mark) = consumer.await.unwrap();
+        let (held, reasons, mark, order) = consumer.await.unwrap();
+        let mut expected: Vec<Option<i64>> = (1..=22).map(Some).collect();
+        expected.insert(12, Some(10));
+        expected.push(None);
+        if ordered {
+            assert_eq!(order, expected, "stream order");
+        } else {
+            let mut sorted = order.clone();
+            sorted.sort();
+            let mut expected_sorted = expected.clone();
+            expected_sorted.sort();
+            assert_eq!(sorted, expected_sorted, "every message once");
+        }
         assert_eq!(
             reasons,
             vec![
