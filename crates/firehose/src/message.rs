@@ -44,6 +44,9 @@ pub enum Error {
 }
 
 /// One decoded WebSocket message.
+// Frames are built once and moved a few times; boxing the large variants would cost an allocation
+// per message for no gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     /// A message (`op: 1`).
@@ -62,6 +65,7 @@ pub struct ErrorFrame {
 }
 
 /// A `subscribeRepos` message.
+#[allow(clippy::large_enum_variant)] // as for `Frame`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// `#commit`: a signed change to one repo.

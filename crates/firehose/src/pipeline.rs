@@ -16,7 +16,7 @@
 use crate::message::{self, Message};
 use crate::verify::{Outcome, Reason, Rejected, Verifier};
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -146,7 +146,8 @@ struct Job {
 struct Done {
     index: u64,
     processed: Processed,
-    permit: OwnedSemaphorePermit,
+    /// Held until the consumer's channel takes `processed`; dropping it frees a place in flight.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// The front of the pipeline: see the module docs.
@@ -187,7 +188,7 @@ impl Pipeline {
                             outcome,
                             ticket: job.ticket,
                         },
-                        permit: job.permit,
+                        _permit: job.permit,
                     };
                     if done.send(finished).is_err() {
                         break;
@@ -261,11 +262,7 @@ impl Pipeline {
             None => None,
         };
         let worker = match message.did() {
-            Some(did) => {
-                let mut h = self.hasher.build_hasher();
-                did.hash(&mut h);
-                (h.finish() as usize) % self.workers.len()
-            }
+            Some(did) => (self.hasher.hash_one(did) as usize) % self.workers.len(),
             None => 0,
         };
         let job = Job {
@@ -290,7 +287,7 @@ impl Pipeline {
                 outcome,
                 ticket: None,
             },
-            permit,
+            _permit: permit,
         };
         self.done.send(done).map_err(|_| Closed)
     }

@@ -21,7 +21,7 @@ use butterfly_repo::proof::{self, Incomplete, Inversion, RepoOp};
 use butterfly_repo::BlockMap;
 use butterfly_syntax::{Did, Tid};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -421,9 +421,7 @@ impl Verifier {
     }
 
     fn shard(&self, did: &Did) -> std::sync::MutexGuard<'_, HashMap<Did, RepoState>> {
-        let mut h = self.hasher.build_hasher();
-        did.hash(&mut h);
-        let shard = &self.repos[(h.finish() as usize) % SHARDS];
+        let shard = &self.repos[(self.hasher.hash_one(did) as usize) % SHARDS];
         shard
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

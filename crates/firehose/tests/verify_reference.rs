@@ -112,20 +112,29 @@ fn every_accepted_commit_chains_and_inverts_to_prev_data() {
 #[test]
 fn tampering_is_rejected_with_the_right_reason() {
     // Seq 19 updates bob's profile, seq 22 deletes carol's post: both carry `prev`.
-    let check = |mode: VerifyMode, edit: &dyn Fn(&mut Vec<Message>), expected: Vec<(i64, Reason)>| {
-        let mut all = messages();
-        edit(&mut all);
-        let got: Vec<_> = rejections(mode, all)
-            .into_iter()
-            .map(|(seq, r)| (seq.unwrap(), r))
-            .collect();
-        assert_eq!(got, expected);
-    };
+    let check =
+        |mode: VerifyMode, edit: &dyn Fn(&mut Vec<Message>), expected: Vec<(i64, Reason)>| {
+            let mut all = messages();
+            edit(&mut all);
+            let got: Vec<_> = rejections(mode, all)
+                .into_iter()
+                .map(|(seq, r)| (seq.unwrap(), r))
+                .collect();
+            assert_eq!(got, expected);
+        };
     let strict = VerifyMode::Strict;
 
     // A pre-sync-1.1 commit: no prevData. Strict refuses; lenient accepts on the signature.
-    check(strict, &|m| commit_mut(m, 19).prev_data = None, vec![(19, Reason::MissingPrevData)]);
-    check(VerifyMode::Lenient, &|m| commit_mut(m, 19).prev_data = None, vec![]);
+    check(
+        strict,
+        &|m| commit_mut(m, 19).prev_data = None,
+        vec![(19, Reason::MissingPrevData)],
+    );
+    check(
+        VerifyMode::Lenient,
+        &|m| commit_mut(m, 19).prev_data = None,
+        vec![],
+    );
 
     // An op without prev cannot be undone.
     let drop_prev = |m: &mut Vec<Message>| {
@@ -140,7 +149,11 @@ fn tampering_is_rejected_with_the_right_reason() {
         let other = commit_mut(m, 21).prev_data;
         commit_mut(m, 22).prev_data = other;
     };
-    check(strict, &wrong_prev_data, vec![(22, Reason::InversionMismatch)]);
+    check(
+        strict,
+        &wrong_prev_data,
+        vec![(22, Reason::InversionMismatch)],
+    );
 
     // A missed commit breaks the chain: the next one is refused and the repo marked for resync.
     check(
@@ -246,7 +259,10 @@ fn signatures_are_checked_against_the_repo_key() {
     });
     // alice: 4 commits + 1 sync; bob: 5 commits + 1 sync, all with the other's key.
     assert_eq!(reasons.len(), 5 + 6);
-    assert!(reasons.iter().all(|r| *r == Reason::BadSignature), "{reasons:?}");
+    assert!(
+        reasons.iter().all(|r| *r == Reason::BadSignature),
+        "{reasons:?}"
+    );
     let stats = verifier.stats();
     assert_eq!(stats.total_rejected(), 11);
 }

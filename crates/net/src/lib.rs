@@ -13,6 +13,10 @@
 //! The crate also picks the workspace's one rustls crypto provider, ring (already linked for P-256
 //! signatures), and installs it explicitly: [`install_crypto_provider`].
 //!
+//! Protocols that reqwest does not speak (WebSocket event streams) get their connection from
+//! [`connect_tcp`], which applies the same address rules and connect timeout, and their TLS settings from
+//! [`tls_client_config`] (ring and the platform verifier, as [`HttpClient`] uses).
+//!
 //! It does not know XRPC, DIDs or retries: `butterfly-identity` and `butterfly-xrpc` build on it.
 //!
 //! ```no_run
@@ -370,13 +374,15 @@ enum CheckFailure {
 
 fn check_url_policy(url: &Url, allow_private: bool) -> Result<(), CheckFailure> {
     match url.scheme() {
-        "http" | "https" => {}
-        other => {
-            return Err(CheckFailure::Invalid(format!(
-                "scheme {other:?} is not http or https"
-            )))
-        }
+        "http" | "https" => check_host_policy(url, allow_private),
+        other => Err(CheckFailure::Invalid(format!(
+            "scheme {other:?} is not http or https"
+        ))),
     }
+}
+
+/// The checks of [`check_url_policy`] that do not depend on the scheme.
+fn check_host_policy(url: &Url, allow_private: bool) -> Result<(), CheckFailure> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(CheckFailure::Invalid(
             "credentials in the url are not allowed".to_owned(),
@@ -404,17 +410,114 @@ impl reqwest::dns::Resolve for PolicyResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let allow_private = self.allow_private;
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
-            let allowed: Vec<SocketAddr> = resolved
-                .filter(|address| allow_private || is_public_ip(&address.ip()))
-                .collect();
-            if allowed.is_empty() {
-                return Err(Box::new(BlockedAddress { host }) as Box<_>);
-            }
+            let allowed = resolve_allowed(name.as_str(), 0, allow_private).await?;
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
     }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Resolves `host` with the system resolver and keeps the addresses the policy allows; fails with
+/// [`BlockedAddress`] when none is left. Shared by [`PolicyResolver`] and [`connect_tcp`].
+async fn resolve_allowed(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, BoxError> {
+    let resolved = tokio::net::lookup_host((host, port)).await?;
+    let allowed: Vec<SocketAddr> = resolved
+        .filter(|address| allow_private || is_public_ip(&address.ip()))
+        .collect();
+    if allowed.is_empty() {
+        return Err(Box::new(BlockedAddress {
+            host: host.to_owned(),
+        }));
+    }
+    Ok(allowed)
+}
+
+/// Opens a TCP connection to the host and port of `url` (`http`, `https`, `ws` or `wss`) under
+/// `config`'s address policy: a literal IP must be public, and a name is resolved by the same filtering
+/// resolver as [`HttpClient`]'s, so only allowed addresses are dialled. Resolving and connecting together
+/// must finish within `config.connect_timeout`; the addresses are tried in the resolver's order.
+///
+/// This is the way out for protocols that reqwest does not speak (WebSocket event streams), so that
+/// they cannot skip the policy. The caller adds TLS (see [`tls_client_config`]).
+pub async fn connect_tcp(url: &Url, config: &HttpConfig) -> Result<tokio::net::TcpStream, Error> {
+    let allow_private = config.allow_private_network;
+    let policy = match url.scheme() {
+        "http" | "https" | "ws" | "wss" => check_host_policy(url, allow_private),
+        other => Err(CheckFailure::Invalid(format!(
+            "scheme {other:?} is not http, https, ws or wss"
+        ))),
+    };
+    policy.map_err(|failure| match failure {
+        CheckFailure::Blocked(host) => Error::NonPublicAddress { host },
+        CheckFailure::Invalid(reason) => Error::InvalidUrl {
+            url: url.to_string(),
+            reason,
+        },
+    })?;
+    let invalid = |reason: &str| Error::InvalidUrl {
+        url: url.to_string(),
+        reason: reason.to_owned(),
+    };
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| invalid("no port"))?;
+    let host = url.host().ok_or_else(|| invalid("no host"))?;
+    let connect = async {
+        let addresses =
+            match host {
+                url::Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
+                url::Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
+                url::Host::Domain(name) => resolve_allowed(name, port, allow_private)
+                    .await
+                    .map_err(|error| match error.downcast::<BlockedAddress>() {
+                        Ok(blocked) => Error::NonPublicAddress { host: blocked.host },
+                        Err(error) => Error::Connect {
+                            url: url.to_string(),
+                            message: error_chain(error.as_ref()),
+                        },
+                    })?,
+            };
+        let mut last_error = None;
+        for address in addresses {
+            match tokio::net::TcpStream::connect(address).await {
+                Ok(stream) => {
+                    // Event streams send small control frames (pings) that must not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Err(error) => last_error = Some(format!("{address}: {error}")),
+            }
+        }
+        Err(Error::Connect {
+            url: url.to_string(),
+            message: last_error.unwrap_or_else(|| "no address to connect to".to_owned()),
+        })
+    };
+    tokio::time::timeout(config.connect_timeout, connect)
+        .await
+        .map_err(|_| Error::Timeout {
+            url: url.to_string(),
+        })?
+}
+
+/// A rustls client configuration for TLS that reqwest does not carry (WebSocket over TLS): the ring
+/// provider and the platform certificate verifier, as [`HttpClient`] uses, with rustls' safe default
+/// protocol versions. No ALPN is set; the caller adds what its protocol needs.
+pub fn tls_client_config() -> Result<rustls::ClientConfig, Error> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| Error::Build(format!("tls: {error}")))?
+        .with_platform_verifier()
+        .map_err(|error| Error::Build(format!("tls verifier: {error}")))?
+        .with_no_client_auth();
+    Ok(config)
 }
 
 /// Whether `ip` is a globally reachable unicast address: not loopback, private, link-local, shared
