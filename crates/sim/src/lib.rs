@@ -5,9 +5,14 @@
 //! gives the same bytes, always; record `i` can be regenerated alone, so a repo of millions of records
 //! is written without holding the records in memory.
 //!
+//! [`firehose::generate_firehose`] writes a frame log of sync 1.1 traffic from many repos that start
+//! empty: signed commits whose slices prove their previous root, with occasional `#identity`,
+//! `#account` and `#sync` messages, plus the DID documents of every account. `butterfly-simnet`
+//! serves such a log as a network.
+//!
 //! The DIDs and keys are synthetic: the DID is registered nowhere and the key comes from the seed, so
-//! nothing here is a secret. What this crate does not do: it simulates no network (yet), opens no
-//! sockets, and reads no clock (timestamps derive from the seed).
+//! nothing here is a secret. What this crate does not do: it opens no sockets, and reads no clock
+//! (timestamps derive from the seed or from a simulated clock).
 //!
 //! ```
 //! let mut car = Vec::new();
@@ -17,9 +22,11 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod firehose;
 mod records;
 mod repo;
 mod rng;
+mod signer;
 
 pub use records::{format_datetime, record, RecordKind};
 pub use repo::{generate_repo, Error, GeneratedRepo, RepoSpec};

@@ -67,6 +67,15 @@ pub enum Error {
     /// Building the MST failed (a bug: generated keys are valid and unique).
     #[error(transparent)]
     Mst(#[from] butterfly_repo::mst::Error),
+    /// Writing the output failed.
+    #[error("writing the output: {0}")]
+    Io(#[source] std::io::Error),
+    /// A commit's proof could not be built (a bug: the generator's own ops contradict its tree).
+    #[error(transparent)]
+    Proof(#[from] butterfly_repo::proof::Error),
+    /// The generator broke one of its own invariants (a bug, reported rather than panicking).
+    #[error("simulator bug: {0}")]
+    Bug(&'static str),
 }
 
 /// The kind, key and timestamp of record `index`.

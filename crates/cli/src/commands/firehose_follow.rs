@@ -137,22 +137,18 @@ async fn follow(args: FollowArgs) -> anyhow::Result<bool> {
                     break;
                 }
             }
-            StreamItem::Connected { cursor } => {
-                if !quiet {
-                    eprintln!("butterfly: connected to {source} (cursor {cursor:?})");
-                }
+            StreamItem::Connected { cursor } if !quiet => {
+                eprintln!("butterfly: connected to {source} (cursor {cursor:?})");
             }
             StreamItem::Disconnected {
                 reason,
                 retry_in,
                 cursor,
-            } => {
-                if !quiet {
-                    eprintln!(
-                        "butterfly: disconnected: {reason}; retrying in {:.1} s from cursor {cursor:?}",
-                        retry_in.as_secs_f64()
-                    );
-                }
+            } if !quiet => {
+                eprintln!(
+                    "butterfly: disconnected: {reason}; retrying in {:.1} s from cursor {cursor:?}",
+                    retry_in.as_secs_f64()
+                );
             }
             StreamItem::Failed(error) => {
                 failure = Some(error);
