@@ -2,92 +2,13 @@
 //! verifies cleanly in strict mode, and writes made through the XRPC client appear live, verified.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use butterfly_testnet::TestNetwork;
 use butterfly_xrpc::{ClientConfig, CreateRecord, DeleteRecord, XrpcClient};
 use serde_json::{json, Value as Json};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
-/// A running `butterfly firehose` whose stdout lines arrive on a channel.
-struct Follower {
-    child: Child,
-    lines: mpsc::Receiver<Json>,
-}
-
-impl Follower {
-    fn start(args: &[&str]) -> Follower {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_butterfly"))
-            .arg("firehose")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
-                    break;
-                }
-            }
-        });
-        Follower { child, lines }
-    }
-
-    /// The next line, waiting at most 30 s.
-    fn next(&self) -> Json {
-        self.lines
-            .recv_timeout(Duration::from_secs(30))
-            .expect("a line within 30 s")
-    }
-
-    /// Lines until one matches.
-    fn until(&self, wanted: impl Fn(&Json) -> bool) -> Vec<Json> {
-        let mut seen = Vec::new();
-        loop {
-            let line = self.next();
-            let done = wanted(&line);
-            seen.push(line);
-            if done {
-                return seen;
-            }
-        }
-    }
-}
-
-impl Follower {
-    /// Ctrl-C, as a user would stop it; returns what it printed on stderr.
-    fn interrupt(mut self) -> String {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{status:?}");
-        let mut stderr = String::new();
-        use std::io::Read;
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        stderr
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::Command;
+use support::Running;
 
 #[test]
 fn replay_verifies_strictly_and_live_writes_appear() {
@@ -95,21 +16,25 @@ fn replay_verifies_strictly_and_live_writes_appear() {
     let dir = tempfile::tempdir().unwrap();
     let rejections = dir.path().join("rejections.jsonl");
     let record = dir.path().join("frames.log");
-    let follower = Follower::start(&[
-        "--source",
-        &network.firehose,
-        "--cursor",
-        "0",
-        "--verify",
-        "strict",
-        "--plc",
-        &network.plc,
-        "--allow-private-network",
-        "--rejections",
-        rejections.to_str().unwrap(),
-        "--record",
-        record.to_str().unwrap(),
-    ]);
+    let follower = Running::start(
+        dir.path(),
+        &[
+            "firehose",
+            "--source",
+            &network.firehose,
+            "--cursor",
+            "0",
+            "--verify",
+            "strict",
+            "--plc",
+            &network.plc,
+            "--allow-private-network",
+            "--rejections",
+            rejections.to_str().unwrap(),
+            "--record",
+            record.to_str().unwrap(),
+        ],
+    );
 
     // The seed: each account's creation (#identity, #account, an empty first commit, #sync), then
     // records, an update and a delete with `prev`.

@@ -26,6 +26,12 @@ impl Backoff {
         }
     }
 
+    /// Restarts the schedule: the connection that just ended delivered events, so the server is
+    /// working and a cut is worth retrying at once (it may cut every few hundred events).
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+
     /// The wait before the next attempt. `connected_for` is how long the connection that just ended
     /// lasted (`None` when connecting failed); one that lasted `reset_after` restarts the schedule.
     pub(crate) fn next_delay(&mut self, connected_for: Option<Duration>) -> Duration {

@@ -589,6 +589,7 @@ impl Client {
                 Err(error) => (DisconnectReason::Connect(error), None),
                 Ok(ws) => {
                     let since = Instant::now();
+                    let cursor_before = self.cursor.get();
                     tracing::info!(url = %url, cursor = ?resume, "jetstream connected");
                     if self
                         .driver
@@ -601,7 +602,12 @@ impl Client {
                     let socket = Socket::new(ws, &self.config.stream);
                     match self.read(socket).await {
                         Outcome::Stopped => return,
-                        Outcome::Ended(reason) => (reason, Some(since.elapsed())),
+                        Outcome::Ended(reason) => {
+                            if self.cursor.get() != cursor_before {
+                                self.backoff.reset();
+                            }
+                            (reason, Some(since.elapsed()))
+                        }
                     }
                 }
             };

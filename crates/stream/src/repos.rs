@@ -112,6 +112,7 @@ impl Client {
                 Err(error) => (DisconnectReason::Connect(error), None),
                 Ok(ws) => {
                     let since = Instant::now();
+                    let cursor_before = self.cursor.get();
                     tracing::info!(url = %url, cursor = ?resume, "subscribeRepos connected");
                     if self
                         .driver
@@ -124,7 +125,12 @@ impl Client {
                     let socket = Socket::new(ws, &self.config);
                     match self.read(socket).await {
                         Outcome::Stopped => return,
-                        Outcome::Ended(reason) => (reason, Some(since.elapsed())),
+                        Outcome::Ended(reason) => {
+                            if self.cursor.get() != cursor_before {
+                                self.backoff.reset();
+                            }
+                            (reason, Some(since.elapsed()))
+                        }
                     }
                 }
             };

@@ -1,0 +1,139 @@
+//! Running `butterfly` as a child process whose stdout lines (JSON) arrive on a channel.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value as Json;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running `butterfly`, killed when dropped.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<Json>,
+}
+
+impl Running {
+    /// Starts `butterfly ARGS` in `dir`.
+    pub fn start(dir: &Path, args: &[&str]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_butterfly"))
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// The next stdout line, waiting at most 60 s.
+    pub fn next(&self) -> Json {
+        self.lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a line within 60 s")
+    }
+
+    /// The next line, or None after `wait` without one.
+    pub fn next_within(&self, wait: Duration) -> Option<Json> {
+        self.lines.recv_timeout(wait).ok()
+    }
+
+    /// Lines until one matches (included).
+    pub fn until(&self, wanted: impl Fn(&Json) -> bool) -> Vec<Json> {
+        let mut seen = Vec::new();
+        loop {
+            let line = self.next();
+            let done = wanted(&line);
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// Ctrl-C, as a user would stop it: it must exit successfully. Returns its stderr.
+    pub fn interrupt(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(status.success(), "{status:?}: {stderr}");
+        stderr
+    }
+
+    /// Like [`Running::interrupt`], also returning the stdout lines not yet read.
+    pub fn interrupt_and_drain(mut self) -> (String, Vec<Json>) {
+        let lines = std::mem::replace(&mut self.lines, mpsc::channel().1);
+        let stderr = self.interrupt();
+        // The reader thread ends when the child's stdout closes, which ends this iteration.
+        (stderr, lines.iter().collect())
+    }
+
+    /// Waits for it to exit on its own; returns its stderr.
+    pub fn wait(mut self) -> String {
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(status.success(), "{status:?}: {stderr}");
+        stderr
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The summary `butterfly firehose` prints last on stderr.
+pub fn summary(stderr: &str) -> Json {
+    let last = stderr.lines().last().expect("a summary line");
+    serde_json::from_str(last.strip_prefix("butterfly: ").expect("prefixed")).unwrap()
+}
+
+/// `GET path` on `addr` with one HTTP/1.1 request; the status and JSON body.
+pub fn http_get(addr: &str, path: &str) -> (u16, Json) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_slice(&raw[split + 4..]).unwrap())
+}
