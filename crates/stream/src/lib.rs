@@ -319,6 +319,9 @@ pub(crate) fn websocket_url(endpoint: &str, path: &str) -> Result<url::Url, Erro
             .map_err(|()| invalid("cannot change the scheme"))?;
         url.set_path(path);
         url.set_query(None);
+    } else if url.path() == "/" || url.path().is_empty() {
+        // `wss://relay.example` names the host, not a stream: give it the endpoint's path.
+        url.set_path(path);
     }
     url.set_fragment(None);
     if url.host().is_none() {
@@ -391,6 +394,11 @@ mod tests {
                 "wss://relay.example/xrpc/com.atproto.sync.subscribeRepos?cursor=5",
                 "wss://relay.example/xrpc/com.atproto.sync.subscribeRepos?cursor=5",
             ),
+            (
+                "ws://127.0.0.1:2600",
+                "ws://127.0.0.1:2600/xrpc/com.atproto.sync.subscribeRepos",
+            ),
+            ("wss://host/custom/path", "wss://host/custom/path"),
         ] {
             assert_eq!(
                 websocket_url(given, path).expect("valid").as_str(),
