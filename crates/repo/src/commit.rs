@@ -1,8 +1,8 @@
 //! Signed commits: the block at the root of every repo.
 
 use butterfly_crypto::{PrivateKey, PublicKey, VerifyError};
-use butterfly_data::cbor::Encoder;
-use butterfly_data::{Cid, Value};
+use butterfly_data::cbor::{Decoder, Encoder, Limits};
+use butterfly_data::Cid;
 use butterfly_syntax::{Did, Tid};
 
 /// Why a commit block could not be decoded.
@@ -49,17 +49,76 @@ pub struct Commit {
 
 impl Commit {
     /// Decodes a commit block. Unknown fields are allowed and stay covered by the signature check.
+    ///
+    /// Decoded field by field, without a generic value tree: the block is strict (canonical)
+    /// DAG-CBOR, so the bytes the signature covers are the block's own entries minus `sig`, copied
+    /// under a map header one entry shorter.
     pub fn decode(cid: &Cid, bytes: &[u8]) -> Result<Commit, Error> {
         let field = |message: String| Error::Field { cid: *cid, message };
-        let value = Value::from_cbor(bytes).map_err(|source| Error::Cbor { cid: *cid, source })?;
-        let Value::Map(mut map) = value else {
-            return Err(field("a commit must be a map".into()));
-        };
-        let did = match map.get("did") {
-            Some(Value::String(text)) => Did::parse(text).map_err(|e| field(e.to_string()))?,
-            _ => return Err(field("needs a string did".into())),
-        };
-        let version = match map.get("version").and_then(Value::as_i64) {
+        let cbor = |source: butterfly_data::Error| Error::Cbor { cid: *cid, source };
+        let mut d = Decoder::new(bytes);
+        let n = d.read_map_len().map_err(|e| match e {
+            butterfly_data::Error::Cbor { .. } => field("a commit must be a map".into()),
+            other => cbor(other),
+        })?;
+        let (mut did, mut version, mut data, mut rev, mut prev, mut sig) =
+            (None, None, None, None, None, None);
+        let mut entries = Vec::with_capacity(bytes.len());
+        let mut previous = None;
+        let limits = Limits::default();
+        for _ in 0..n {
+            let start = d.position();
+            let key = d.read_map_key(previous).map_err(cbor)?;
+            previous = Some(key);
+            match key {
+                "did" => {
+                    let text = d
+                        .read_str()
+                        .map_err(|_| field("needs a string did".into()))?;
+                    did = Some(Did::parse(text).map_err(|e| field(e.to_string()))?);
+                }
+                "version" => {
+                    version = Some(
+                        d.read_i64()
+                            .map_err(|_| field("needs an integer version".into()))?,
+                    )
+                }
+                "data" => {
+                    data = Some(
+                        d.read_link()
+                            .map_err(|_| field("needs a data link".into()))?,
+                    )
+                }
+                "rev" => {
+                    if d.peek_null() {
+                        d.read_null().map_err(cbor)?;
+                    } else {
+                        let text = d
+                            .read_str()
+                            .map_err(|_| field("a version 3 commit needs a rev string".into()))?;
+                        rev = Some(Tid::parse(text).map_err(|e| field(format!("rev: {e}")))?);
+                    }
+                }
+                "prev" => {
+                    prev = d
+                        .read_optional_link()
+                        .map_err(|_| field("prev must be a link or null".into()))?
+                }
+                "sig" => {
+                    sig = Some(
+                        d.read_bytes()
+                            .map_err(|_| field("needs sig bytes".into()))?
+                            .to_vec(),
+                    );
+                    continue;
+                }
+                _ => d.skip(&limits).map_err(cbor)?,
+            }
+            entries.extend_from_slice(&bytes[start..d.position()]);
+        }
+        d.finish().map_err(cbor)?;
+        let did = did.ok_or_else(|| field("needs a string did".into()))?;
+        let version = match version {
             Some(v @ (2 | 3)) => v as u8,
             Some(v) => {
                 return Err(field(format!(
@@ -68,27 +127,15 @@ impl Commit {
             }
             None => return Err(field("needs an integer version".into())),
         };
-        let data = *map
-            .get("data")
-            .and_then(Value::as_link)
-            .ok_or_else(|| field("needs a data link".into()))?;
-        let rev = match map.get("rev") {
-            Some(Value::String(text)) => {
-                Some(Tid::parse(text).map_err(|e| field(format!("rev: {e}")))?)
-            }
-            None | Some(Value::Null) if version == 2 => None,
-            _ => return Err(field("a version 3 commit needs a rev string".into())),
-        };
-        let prev = match map.get("prev") {
-            None | Some(Value::Null) => None,
-            Some(Value::Link(cid)) => Some(*cid),
-            Some(_) => return Err(field("prev must be a link or null".into())),
-        };
-        let sig = match map.remove("sig") {
-            Some(Value::Bytes(sig)) => sig,
-            _ => return Err(field("needs sig bytes".into())),
-        };
-        let unsigned_bytes = Value::Map(map).to_cbor();
+        let data = data.ok_or_else(|| field("needs a data link".into()))?;
+        if rev.is_none() && version != 2 {
+            return Err(field("a version 3 commit needs a rev string".into()));
+        }
+        let sig = sig.ok_or_else(|| field("needs sig bytes".into()))?;
+        let mut header = Encoder::new();
+        header.write_map_header(n - 1);
+        let mut unsigned_bytes = header.into_bytes();
+        unsigned_bytes.extend_from_slice(&entries);
         Ok(Commit {
             did,
             version,
@@ -189,6 +236,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use butterfly_crypto::Algorithm;
+    use butterfly_data::Value;
 
     #[test]
     fn sign_decode_verify() {
@@ -234,5 +282,37 @@ mod tests {
         let v3 = Value::Map(map).to_cbor();
         let err = Commit::decode(&butterfly_data::cid_for_cbor(&v3), &v3).unwrap_err();
         assert!(err.to_string().contains("needs a rev"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_stay_under_the_signature() {
+        let mut map = butterfly_data::Map::new();
+        map.insert(
+            "did".into(),
+            Value::String("did:plc:ewvi7nxzyoun6zhxrhs64oiz".into()),
+        );
+        map.insert("version".into(), Value::Integer(3));
+        map.insert("rev".into(), Value::String("3k2a4qwe5xs2a".into()));
+        map.insert(
+            "data".into(),
+            Value::Link(butterfly_data::cid_for_cbor(b"\xa0")),
+        );
+        map.insert("prev".into(), Value::Null);
+        map.insert("a".into(), Value::Integer(1));
+        map.insert("zzzzzzzzzzzz".into(), Value::Array(vec![Value::Bool(true)]));
+        let unsigned = Value::Map(map.clone()).to_cbor();
+        map.insert("sig".into(), Value::Bytes(vec![1; 64]));
+        let block = Value::Map(map).to_cbor();
+        let commit = Commit::decode(&butterfly_data::cid_for_cbor(&block), &block).unwrap();
+        assert_eq!(commit.unsigned_bytes(), unsigned.as_slice());
+        assert_eq!(commit.sig, vec![1; 64]);
+        // Not a map, trailing bytes, no sig: errors, not panics.
+        for bad in [
+            &b"\x01"[..],
+            &[block.as_slice(), b"\x00"].concat(),
+            &unsigned,
+        ] {
+            assert!(Commit::decode(&butterfly_data::cid_for_cbor(bad), bad).is_err());
+        }
     }
 }
