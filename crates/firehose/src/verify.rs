@@ -18,7 +18,7 @@ use butterfly_data::Cid;
 use butterfly_repo::car::{CarLimits, CarReader};
 use butterfly_repo::commit::Commit;
 use butterfly_repo::proof::{self, Incomplete, Inversion, RepoOp};
-use butterfly_repo::BlockMap;
+use butterfly_repo::CarSlice;
 use butterfly_syntax::{Did, Tid};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -249,8 +249,8 @@ pub struct RepoState {
 pub struct CheckedCommit {
     /// The decoded commit block.
     pub commit: Commit,
-    /// Every block of the slice, each hash-checked.
-    pub blocks: BlockMap,
+    /// Every block of the slice, each hash-checked (a copy of the message's `blocks`, indexed).
+    pub blocks: CarSlice,
     /// What undoing the ops gave; `None` when verification is off or for `#sync`.
     pub inversion: Option<Inversion>,
 }
@@ -753,13 +753,10 @@ fn describe_incomplete(why: &Incomplete) -> String {
 }
 
 /// Reads a commit slice: every block hash-checked, rooted at `commit_cid`, commit decoded.
-fn read_slice(bytes: &[u8], commit_cid: &Cid) -> Result<(Commit, BlockMap), Reject> {
-    let limits = CarLimits::default();
-    let reader =
-        CarReader::with_limits(bytes, limits).map_err(|e| reject(Reason::BadCar, e.to_string()))?;
-    let (header, blocks) =
-        BlockMap::from_car(reader).map_err(|e| reject(Reason::BadCar, e.to_string()))?;
-    if header.roots.first() != Some(commit_cid) {
+fn read_slice(bytes: &[u8], commit_cid: &Cid) -> Result<(Commit, CarSlice), Reject> {
+    let blocks = CarSlice::parse(bytes.to_vec(), CarLimits::default())
+        .map_err(|e| reject(Reason::BadCar, e.to_string()))?;
+    if blocks.header().roots.first() != Some(commit_cid) {
         return Err(reject(
             Reason::BadCar,
             format!("the slice's root is not the commit {commit_cid}"),
@@ -777,13 +774,13 @@ fn read_slice(bytes: &[u8], commit_cid: &Cid) -> Result<(Commit, BlockMap), Reje
 }
 
 /// Reads a `#sync` CAR: its root is the commit.
-fn read_sync_car(bytes: &[u8]) -> Result<(Commit, BlockMap), Reject> {
-    let reader = CarReader::with_limits(bytes, CarLimits::default())
-        .map_err(|e| reject(Reason::BadCar, e.to_string()))?;
-    let root = *reader
+fn read_sync_car(bytes: &[u8]) -> Result<(Commit, CarSlice), Reject> {
+    let root = CarReader::with_limits(bytes, CarLimits::default())
+        .map_err(|e| reject(Reason::BadCar, e.to_string()))?
         .header()
         .roots
         .first()
+        .copied()
         .ok_or_else(|| reject(Reason::BadCar, "the CAR has no root"))?;
     read_slice(bytes, &root)
 }

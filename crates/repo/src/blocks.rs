@@ -12,6 +12,68 @@ pub trait BlockSource {
     fn get_block(&mut self, cid: &Cid) -> Result<Option<Cow<'_, [u8]>>, car::Error>;
 }
 
+/// A CAR held whole in one buffer and indexed in place: a firehose commit's slice, with no copy
+/// per block. Every block's hash is checked when it is parsed.
+#[derive(Clone, Debug)]
+pub struct CarSlice {
+    bytes: Vec<u8>,
+    header: car::CarHeader,
+    index: std::collections::HashMap<Cid, std::ops::Range<usize>>,
+    n_blocks: usize,
+}
+
+impl CarSlice {
+    /// Parses and indexes `bytes` (a whole CAR), keeping them.
+    pub fn parse(bytes: Vec<u8>, limits: car::CarLimits) -> Result<CarSlice, car::Error> {
+        let (header, blocks) = car::index_in_memory(&bytes, &limits)?;
+        let n_blocks = blocks.len();
+        Ok(CarSlice {
+            header,
+            index: blocks.into_iter().collect(),
+            n_blocks,
+            bytes,
+        })
+    }
+
+    /// The CAR's header.
+    pub fn header(&self) -> &car::CarHeader {
+        &self.header
+    }
+
+    /// The bytes of `cid`, if present.
+    pub fn get(&self, cid: &Cid) -> Option<&[u8]> {
+        self.index.get(cid).map(|range| &self.bytes[range.clone()])
+    }
+
+    /// True if the block is present.
+    pub fn contains(&self, cid: &Cid) -> bool {
+        self.index.contains_key(cid)
+    }
+
+    /// Blocks in the CAR, duplicates included.
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    /// The whole CAR as given.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Every distinct block, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Cid, &[u8])> {
+        self.index
+            .iter()
+            .map(|(cid, range)| (cid, &self.bytes[range.clone()]))
+    }
+}
+
+impl BlockSource for CarSlice {
+    fn get_block(&mut self, cid: &Cid) -> Result<Option<Cow<'_, [u8]>>, car::Error> {
+        Ok(self.get(cid).map(Cow::Borrowed))
+    }
+}
+
 /// Blocks held in memory: commit slices from the firehose, small repos, tests.
 #[derive(Clone, Debug, Default)]
 pub struct BlockMap {

@@ -317,6 +317,64 @@ fn advance(
     }
 }
 
+/// Where each block's data lies in a CAR held in memory.
+pub(crate) type BlockRanges = Vec<(Cid, std::ops::Range<usize>)>;
+
+/// Indexes a CAR held whole in memory without copying it: the header, then each block's CID and the
+/// range of its data in `bytes`, every block's hash checked. The same checks as [`CarReader`].
+pub(crate) fn index_in_memory(
+    bytes: &[u8],
+    limits: &CarLimits,
+) -> Result<(CarHeader, BlockRanges), Error> {
+    let read_prefix = |pos: &mut usize| -> Result<Varint, Error> {
+        let mut prefix = VarintState::new(*pos as u64);
+        loop {
+            let byte = bytes.get(*pos).copied();
+            if byte.is_some() {
+                *pos += 1;
+            }
+            if let Some(varint) = prefix.push(byte, *pos as u64)? {
+                return Ok(varint);
+            }
+        }
+    };
+    let mut pos = 0;
+    let len = header_len(read_prefix(&mut pos)?, limits)?;
+    let header_bytes = bytes.get(pos..pos + len).ok_or(Error::Truncated {
+        offset: bytes.len() as u64,
+        what: "header",
+    })?;
+    let header = parse_header(header_bytes)?;
+    pos += len;
+    let mut blocks = Vec::new();
+    loop {
+        let start = pos;
+        let Some(len) = block_len(read_prefix(&mut pos)?, limits, start as u64)? else {
+            return Ok((header, blocks));
+        };
+        let section = bytes.get(pos..pos + len).ok_or(Error::Truncated {
+            offset: bytes.len() as u64,
+            what: "block",
+        })?;
+        let bad = |message: String| Error::BadBlock {
+            offset: start as u64,
+            message,
+        };
+        let mut rest = section;
+        let cid = Cid::read_bytes(&mut rest).map_err(|e| bad(format!("invalid CID: {e}")))?;
+        check_cid(&cid).map_err(|message| bad(format!("{cid}: {message}")))?;
+        if !digest_matches(&cid, rest) {
+            return Err(Error::HashMismatch {
+                cid,
+                offset: start as u64,
+            });
+        }
+        let data_start = pos + (section.len() - rest.len());
+        pos += len;
+        blocks.push((cid, data_start..pos));
+    }
+}
+
 /// Reads a CAR v1 block by block from any [`Read`], checking every block's hash.
 ///
 /// Memory use is one block at a time. Wrap unbuffered readers (files, sockets) in a

@@ -5,7 +5,7 @@ use butterfly_data::Cid;
 use butterfly_repo::car::{write_car_to_vec, CarReader};
 use butterfly_repo::mst::{self, Mst, WalkItem};
 use butterfly_repo::proof::{invert_ops, Incomplete, Inversion, RepoOp};
-use butterfly_repo::{BlockMap, RecordingSource};
+use butterfly_repo::{BlockMap, CarSlice, RecordingSource};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashSet};
 
@@ -56,6 +56,36 @@ proptest! {
         let (header, mut read_back) = BlockMap::from_car(CarReader::new(car.as_slice()).unwrap()).unwrap();
         prop_assert_eq!(header.roots, vec![root]);
         prop_assert_eq!(walk_all(root, &mut read_back), contents);
+    }
+
+    /// The in-place index of a CAR in memory agrees with the streaming reader: the same blocks when
+    /// it is whole, and an error for every truncation and for a flipped byte in any block.
+    #[test]
+    fn car_slice_agrees_with_the_streaming_reader(contents in contents_strategy(), flip in any::<usize>()) {
+        let (root, blocks) = build(&contents);
+        let car = write_car_to_vec(&[root], blocks.iter());
+        let (_, streamed) = BlockMap::from_car(CarReader::new(car.as_slice()).unwrap()).unwrap();
+        let slice = CarSlice::parse(car.clone(), Default::default()).unwrap();
+        prop_assert_eq!(slice.header().roots.clone(), vec![root]);
+        prop_assert_eq!(slice.n_blocks(), streamed.len());
+        for (cid, data) in streamed.iter() {
+            prop_assert_eq!(slice.get(cid), Some(data));
+        }
+        // Every cut in small CARs; about 300 spread over big ones.
+        for cut in (1..car.len()).step_by((car.len() / 300).max(1)) {
+            let streaming = BlockMap::from_car(match CarReader::new(&car[..cut]) {
+                Ok(reader) => reader,
+                Err(_) => { prop_assert!(CarSlice::parse(car[..cut].to_vec(), Default::default()).is_err()); continue }
+            });
+            let in_place = CarSlice::parse(car[..cut].to_vec(), Default::default());
+            prop_assert_eq!(streaming.is_ok(), in_place.is_ok(), "cut at {}", cut);
+        }
+        let mut flipped = car.clone();
+        let at = flip % flipped.len();
+        flipped[at] ^= 0x55;
+        let streaming = CarReader::new(flipped.as_slice()).and_then(BlockMap::from_car);
+        let in_place = CarSlice::parse(flipped, Default::default());
+        prop_assert_eq!(streaming.is_ok(), in_place.is_ok(), "flip at {}", at);
     }
 
     /// Inserting and removing one key at a time, in any order, gives the bulk-built tree.

@@ -5,7 +5,7 @@ use butterfly_data::{Cid, Value};
 use butterfly_firehose::message::{CommitEvent, Message};
 use butterfly_firehose::verify::{Accepted, CheckedCommit, Rejected};
 use butterfly_repo::proof::{Incomplete, Inversion, RepoOp};
-use butterfly_repo::BlockMap;
+use butterfly_repo::CarSlice;
 use serde_json::{json, Map, Value as Json};
 
 fn cid_json(cid: Option<&Cid>) -> Json {
@@ -13,7 +13,7 @@ fn cid_json(cid: Option<&Cid>) -> Json {
 }
 
 /// `{"action","path","cid","prev"}` plus `"record"` when the record's block is at hand.
-fn op_json(op: &RepoOp, blocks: Option<&BlockMap>) -> Json {
+fn op_json(op: &RepoOp, blocks: Option<&CarSlice>) -> Json {
     let (action, cid, prev) = match op {
         RepoOp::Create { cid, .. } => ("create", Some(cid), None),
         RepoOp::Update { cid, prev, .. } => ("update", Some(cid), prev.as_ref()),
@@ -195,7 +195,7 @@ pub fn inspected(message: &Message) -> Json {
             );
             match read_slice(&event.blocks) {
                 Ok(mut blocks) => {
-                    out.insert("blocks".into(), blocks.len().into());
+                    out.insert("blocks".into(), blocks.n_blocks().into());
                     let commit_data = blocks
                         .get(&event.commit)
                         .and_then(|bytes| {
@@ -236,7 +236,7 @@ pub fn inspected(message: &Message) -> Json {
             out.insert("rev".into(), event.rev.as_str().into());
             out.insert(
                 "blocks".into(),
-                read_slice(&event.blocks).map_or(Json::Null, |b| b.len().into()),
+                read_slice(&event.blocks).map_or(Json::Null, |b| b.n_blocks().into()),
             );
         }
         other => {
@@ -253,9 +253,6 @@ pub fn inspected(message: &Message) -> Json {
     Json::Object(out)
 }
 
-fn read_slice(bytes: &[u8]) -> Result<BlockMap, String> {
-    let reader = butterfly_repo::car::CarReader::new(bytes).map_err(|e| e.to_string())?;
-    BlockMap::from_car(reader)
-        .map(|(_, blocks)| blocks)
-        .map_err(|e| e.to_string())
+fn read_slice(bytes: &[u8]) -> Result<CarSlice, String> {
+    CarSlice::parse(bytes.to_vec(), Default::default()).map_err(|e| e.to_string())
 }
