@@ -153,7 +153,7 @@ struct Done {
 /// The front of the pipeline: see the module docs.
 pub struct Pipeline {
     workers: Vec<mpsc::Sender<Job>>,
-    done: mpsc::UnboundedSender<Done>,
+    done: Sink,
     in_flight: Arc<Semaphore>,
     next_index: u64,
     last_seq: Option<i64>,
@@ -171,9 +171,14 @@ impl Pipeline {
         cursor: Option<i64>,
     ) -> (Pipeline, mpsc::Receiver<Processed>) {
         let (output, outcomes) = mpsc::channel(config.output_queue.max(1));
-        // Unbounded, but never holds more than `max_in_flight`: every entry carries a permit.
-        let (done, done_rx) = mpsc::unbounded_channel();
-        tokio::spawn(collect(done_rx, output, config.ordered));
+        let done = if config.ordered {
+            // Unbounded, but never holds more than `max_in_flight`: every entry carries a permit.
+            let (done, done_rx) = mpsc::unbounded_channel();
+            tokio::spawn(reorder(done_rx, output));
+            Sink::Reorder(done)
+        } else {
+            Sink::Direct(output)
+        };
         let mut workers = Vec::new();
         for _ in 0..config.workers.max(1) {
             let (tx, mut rx) = mpsc::channel::<Job>(config.worker_queue.max(1));
@@ -190,7 +195,7 @@ impl Pipeline {
                         },
                         _permit: job.permit,
                     };
-                    if done.send(finished).is_err() {
+                    if done.deliver(finished).await.is_err() {
                         break;
                     }
                 }
@@ -241,7 +246,7 @@ impl Pipeline {
                     Reason::MalformedFrame,
                     error.to_string(),
                 );
-                return self.deliver_here(index, rejected, permit);
+                return self.deliver_here(index, rejected, permit).await;
             }
         };
         let ticket = match message.seq() {
@@ -253,7 +258,7 @@ impl Pipeline {
                 let (kind, did) = (message.kind().to_owned(), message.did().cloned());
                 let rejected =
                     rejected_here(Some(seq), kind, did, Reason::SeqNotIncreasing, detail);
-                return self.deliver_here(index, rejected, permit);
+                return self.deliver_here(index, rejected, permit).await;
             }
             Some(seq) => {
                 self.last_seq = Some(seq);
@@ -274,7 +279,7 @@ impl Pipeline {
         self.workers[worker].send(job).await.map_err(|_| Closed)
     }
 
-    fn deliver_here(
+    async fn deliver_here(
         &self,
         index: u64,
         outcome: Outcome,
@@ -289,7 +294,7 @@ impl Pipeline {
             },
             _permit: permit,
         };
-        self.done.send(done).map_err(|_| Closed)
+        self.done.deliver(done).await
     }
 }
 
@@ -311,22 +316,29 @@ fn rejected_here(
     }))
 }
 
-/// Delivers finished messages to the consumer, in submission order when `ordered`. A message's
-/// permit is released once the consumer's channel has taken it.
-async fn collect(
-    mut done: mpsc::UnboundedReceiver<Done>,
-    output: mpsc::Sender<Processed>,
-    ordered: bool,
-) {
+/// Where workers put finished messages: straight into the consumer's channel, or through the
+/// reordering task when outcomes must come out in stream order.
+#[derive(Clone)]
+enum Sink {
+    Direct(mpsc::Sender<Processed>),
+    Reorder(mpsc::UnboundedSender<Done>),
+}
+
+impl Sink {
+    /// Hands `done` on; its permit is released once the consumer's channel has taken it.
+    async fn deliver(&self, done: Done) -> Result<(), Closed> {
+        match self {
+            Sink::Direct(output) => output.send(done.processed).await.map_err(|_| Closed),
+            Sink::Reorder(reorder) => reorder.send(done).map_err(|_| Closed),
+        }
+    }
+}
+
+/// Delivers finished messages to the consumer in submission order.
+async fn reorder(mut done: mpsc::UnboundedReceiver<Done>, output: mpsc::Sender<Processed>) {
     let mut waiting: BTreeMap<u64, Done> = BTreeMap::new();
     let mut next = 0u64;
     while let Some(finished) = done.recv().await {
-        if !ordered {
-            if output.send(finished.processed).await.is_err() {
-                return;
-            }
-            continue;
-        }
         waiting.insert(finished.index, finished);
         while let Some(ready) = waiting.remove(&next) {
             next += 1;

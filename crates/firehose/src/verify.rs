@@ -451,8 +451,11 @@ impl Verifier {
     }
 
     /// Checks one message, updates the repo's state, and counts the outcome.
-    pub async fn verify(&self, message: Message) -> Outcome {
-        let result = match &message {
+    ///
+    /// A commit's `blocks` move into the outcome's [`CheckedCommit::blocks`] (see
+    /// [`CarSlice::as_bytes`]) rather than being copied: the message comes back with them empty.
+    pub async fn verify(&self, mut message: Message) -> Outcome {
+        let result = match &mut message {
             Message::Commit(commit) => self.verify_commit(commit).await,
             Message::Sync(sync) => self.verify_sync(sync).await,
             Message::Identity(identity) => {
@@ -492,7 +495,7 @@ impl Verifier {
 
     async fn verify_commit(
         &self,
-        event: &CommitEvent,
+        event: &mut CommitEvent,
     ) -> Result<(Option<CheckedCommit>, bool), Reject> {
         let mode = self.config.mode;
         if event.blocks.len() > self.config.max_blocks_bytes {
@@ -524,7 +527,7 @@ impl Verifier {
             self.update_state(&event.repo, |s| s.needs_resync = true);
             return Err(r);
         }
-        let (commit, blocks) = read_slice(&event.blocks, &event.commit)?;
+        let (commit, blocks) = read_slice(std::mem::take(&mut event.blocks), &event.commit)?;
         if commit.did != event.repo {
             return Err(reject(
                 Reason::CommitMismatch,
@@ -753,8 +756,8 @@ fn describe_incomplete(why: &Incomplete) -> String {
 }
 
 /// Reads a commit slice: every block hash-checked, rooted at `commit_cid`, commit decoded.
-fn read_slice(bytes: &[u8], commit_cid: &Cid) -> Result<(Commit, CarSlice), Reject> {
-    let blocks = CarSlice::parse(bytes.to_vec(), CarLimits::default())
+fn read_slice(bytes: Vec<u8>, commit_cid: &Cid) -> Result<(Commit, CarSlice), Reject> {
+    let blocks = CarSlice::parse(bytes, CarLimits::default())
         .map_err(|e| reject(Reason::BadCar, e.to_string()))?;
     if blocks.header().roots.first() != Some(commit_cid) {
         return Err(reject(
@@ -782,5 +785,5 @@ fn read_sync_car(bytes: &[u8]) -> Result<(Commit, CarSlice), Reject> {
         .first()
         .copied()
         .ok_or_else(|| reject(Reason::BadCar, "the CAR has no root"))?;
-    read_slice(bytes, &root)
+    read_slice(bytes.to_vec(), &root)
 }
