@@ -5,6 +5,11 @@
 //! (records/s), and the peak RSS of `butterfly car inspect` on the file, measured on the child process
 //! with `wait4`. With `--js` it runs the JavaScript reference (`@atproto/repo`, from `../shared/peers`)
 //! on the same file in the same run and prints the ratios.
+//!
+//! `butterfly-bench firehose` measures decode-only frames/s and strict-verified commits/s on a
+//! simulator frame log (`butterfly sim firehose`). With `--js` (`@atproto/sync` on Node 22,
+//! `js-sync/`) and `--peers` (`jacquard-repo` and `rsky-repo`, `benches/peers/`) it runs the same
+//! frames through those too and prints a side-by-side table with ratios.
 
 #![allow(unsafe_code)] // wait4 for a child's peak RSS: the only unsafe code in the workspace.
 
@@ -70,6 +75,21 @@ enum BenchCommand {
         /// Runtime threads for the pipeline (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Also run the JavaScript reference consumer (`@atproto/sync`, Node 22) on the same frames
+        /// and print ratios.
+        #[arg(long)]
+        js: bool,
+        /// Runs per JavaScript measurement (the reference verifies a few hundred commits/s, so one
+        /// run over 200k events takes about ten minutes per phase).
+        #[arg(long, default_value_t = 1)]
+        js_iterations: u32,
+        /// Also run the Rust peers (`jacquard-repo`, `rsky-repo`, from `benches/peers`, built on
+        /// first use) on the same frames and print ratios.
+        #[arg(long)]
+        peers: bool,
+        /// Where `shared/peers` is (its Node 22, for `--js`).
+        #[arg(long, default_value = "../shared/peers")]
+        shared_peers: PathBuf,
     },
 }
 
@@ -89,7 +109,24 @@ fn main() -> anyhow::Result<()> {
             events,
             iterations,
             threads,
-        } => firehose_bench(&frames, &identities, repos, events, iterations, threads),
+            js,
+            js_iterations,
+            peers,
+            shared_peers,
+        } => firehose_bench(
+            &frames,
+            &identities,
+            repos,
+            events,
+            iterations,
+            threads,
+            Comparisons {
+                js,
+                js_iterations,
+                peers,
+                shared_peers,
+            },
+        ),
     }
 }
 
@@ -104,6 +141,14 @@ fn butterfly_binary() -> anyhow::Result<PathBuf> {
     Ok(butterfly)
 }
 
+/// Which peers `butterfly-bench firehose` also runs.
+struct Comparisons {
+    js: bool,
+    js_iterations: u32,
+    peers: bool,
+    shared_peers: PathBuf,
+}
+
 fn firehose_bench(
     frames_path: &Path,
     identities: &Path,
@@ -111,6 +156,7 @@ fn firehose_bench(
     events: u64,
     iterations: u32,
     threads: Option<usize>,
+    compare: Comparisons,
 ) -> anyhow::Result<()> {
     if !frames_path.exists() || !identities.exists() {
         if let Some(dir) = frames_path.parent() {
@@ -179,6 +225,37 @@ fn firehose_bench(
         pipeline_time,
         firehose::rate(parallel.commits, pipeline_time),
     );
+    if compare.js || compare.peers {
+        let ours = firehose::Ours {
+            frames: frames.len() as u64,
+            decode: decode_time,
+            serial: serial_time,
+            serial_commits: serial.commits,
+            pipeline: pipeline_time,
+            pipeline_commits: parallel.commits,
+            threads,
+        };
+        drop(frames);
+        let mut figures = Vec::new();
+        if compare.js {
+            figures.extend(firehose::run_js(
+                frames_path,
+                identities,
+                &compare.shared_peers,
+                compare.js_iterations,
+                threads,
+            )?);
+        }
+        if compare.peers {
+            figures.extend(firehose::run_rust_peers(
+                frames_path,
+                identities,
+                iterations,
+                threads,
+            )?);
+        }
+        firehose::print_side_by_side(&ours, &figures);
+    }
     Ok(())
 }
 
