@@ -175,7 +175,10 @@ pub fn rejected(rejected: &Rejected) -> Json {
     if let Some(inversion) = &rejected.inversion {
         inversion_fields(&mut out, inversion);
     } else if rejected.kind == "#commit" {
+        // Refused before inversion ran: no previous root was computed.
         out.insert("inverted_root".into(), Json::Null);
+        out.insert("proof".into(), "incomplete".into());
+        out.insert("proof_detail".into(), "not computed: refused earlier".into());
     }
     if rejected.resync {
         out.insert("resync".into(), true.into());
