@@ -178,7 +178,10 @@ pub fn rejected(rejected: &Rejected) -> Json {
         // Refused before inversion ran: no previous root was computed.
         out.insert("inverted_root".into(), Json::Null);
         out.insert("proof".into(), "incomplete".into());
-        out.insert("proof_detail".into(), "not computed: refused earlier".into());
+        out.insert(
+            "proof_detail".into(),
+            "not computed: refused earlier".into(),
+        );
     }
     if rejected.resync {
         out.insert("resync".into(), true.into());
