@@ -180,8 +180,7 @@ fn malformed_and_forged_frames_are_counted_and_the_stream_goes_on() {
         stats["malformed_sent"].as_u64().unwrap()
     );
     // A forged commit is not accepted, so that repo's next commits no longer chain from what is
-    // held: they are refused too (a later forgery on such a repo shows as `broken_chain`, the
-    // cheaper check), and the repo is marked for resync. Nothing else is refused.
+    // held: they are refused too, and the repo is marked for resync. Nothing else is refused.
     let bad_signatures = by_reason["bad_signature"];
     assert!(bad_signatures >= 1 && bad_signatures <= stats["forged_sent"].as_u64().unwrap());
     for reason in by_reason.keys() {

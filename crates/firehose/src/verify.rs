@@ -15,7 +15,7 @@
 use crate::keys::{KeyError, KeySource};
 use crate::message::{AccountEvent, CommitEvent, Message, SyncEvent};
 use butterfly_data::Cid;
-use butterfly_repo::car::{CarLimits, CarReader};
+use butterfly_repo::car::CarLimits;
 use butterfly_repo::commit::Commit;
 use butterfly_repo::proof::{self, Incomplete, Inversion, RepoOp};
 use butterfly_repo::CarSlice;
@@ -527,7 +527,7 @@ impl Verifier {
             self.update_state(&event.repo, |s| s.needs_resync = true);
             return Err(r);
         }
-        let (commit, blocks) = read_slice(std::mem::take(&mut event.blocks), &event.commit)?;
+        let (commit, blocks) = read_slice(std::mem::take(&mut event.blocks), Some(&event.commit))?;
         if commit.did != event.repo {
             return Err(reject(
                 Reason::CommitMismatch,
@@ -579,30 +579,23 @@ impl Verifier {
             r
         };
         match (event.prev_data, &event.since) {
-            (Some(prev_data), _) => {
-                match &inversion {
-                    Inversion::Complete(root) if *root == prev_data => {}
-                    Inversion::Complete(root) => {
-                        return Err(with_inversion(reject(
-                            Reason::InversionMismatch,
-                            format!("undoing the ops gives {root}, prevData is {prev_data}"),
-                        )))
-                    }
-                    Inversion::Incomplete(why) => {
-                        return Err(with_inversion(reject(
-                            Reason::IncompleteProof,
-                            describe_incomplete(why),
-                        )))
-                    }
+            (Some(prev_data), _) => match &inversion {
+                Inversion::Complete(root) if *root == prev_data => {}
+                Inversion::Complete(root) => {
+                    return Err(with_inversion(reject(
+                        Reason::InversionMismatch,
+                        format!("undoing the ops gives {root}, prevData is {prev_data}"),
+                    )))
                 }
-                self.check_chain(&event.repo, held.data, Some(prev_data))
-                    .map_err(with_inversion)?;
-            }
-            // A repo's first commit: there is no previous tree to invert to. It must not arrive
-            // for a repo we already hold, which would be a reset.
-            (None, None) => self
-                .check_chain(&event.repo, held.data, None)
-                .map_err(with_inversion)?,
+                Inversion::Incomplete(why) => {
+                    return Err(with_inversion(reject(
+                        Reason::IncompleteProof,
+                        describe_incomplete(why),
+                    )))
+                }
+            },
+            // A repo's first commit: there is no previous tree to invert to.
+            (None, None) => {}
             // A commit from before sync 1.1.
             (None, Some(_)) if mode == VerifyMode::Lenient => {}
             (None, Some(_)) => {
@@ -615,6 +608,13 @@ impl Verifier {
         self.check_signature(&commit)
             .await
             .map_err(with_inversion)?;
+        // Only a validly signed commit may mark the repo for resync; a forged one is refused
+        // above as such. A first commit (no prevData, no since) for a repo already held is a
+        // reset; a lenient legacy commit has nothing to chain with.
+        if event.prev_data.is_some() || event.since.is_none() {
+            self.check_chain(&event.repo, held.data, event.prev_data)
+                .map_err(with_inversion)?;
+        }
         self.update_state(&event.repo, |s| {
             s.rev = Some(event.rev.clone());
             s.data = Some(commit.data);
@@ -633,7 +633,7 @@ impl Verifier {
         &self,
         event: &SyncEvent,
     ) -> Result<(Option<CheckedCommit>, bool), Reject> {
-        let (commit, blocks) = read_sync_car(&event.blocks)?;
+        let (commit, blocks) = read_slice(event.blocks.clone(), None)?;
         if commit.did != event.did || commit.rev.as_ref() != Some(&event.rev) {
             return Err(reject(
                 Reason::CommitMismatch,
@@ -755,35 +755,31 @@ fn describe_incomplete(why: &Incomplete) -> String {
     }
 }
 
-/// Reads a commit slice: every block hash-checked, rooted at `commit_cid`, commit decoded.
-fn read_slice(bytes: Vec<u8>, commit_cid: &Cid) -> Result<(Commit, CarSlice), Reject> {
+/// Reads a commit slice: every block hash-checked, rooted at `commit_cid` (the message's `commit`,
+/// or for `#sync`, the CAR's own root), commit decoded.
+fn read_slice(bytes: Vec<u8>, commit_cid: Option<&Cid>) -> Result<(Commit, CarSlice), Reject> {
     let blocks = CarSlice::parse(bytes, CarLimits::default())
         .map_err(|e| reject(Reason::BadCar, e.to_string()))?;
-    if blocks.header().roots.first() != Some(commit_cid) {
+    let root = blocks
+        .header()
+        .roots
+        .first()
+        .copied()
+        .ok_or_else(|| reject(Reason::BadCar, "the CAR has no root"))?;
+    let commit_cid = commit_cid.copied().unwrap_or(root);
+    if root != commit_cid {
         return Err(reject(
             Reason::BadCar,
             format!("the slice's root is not the commit {commit_cid}"),
         ));
     }
-    let block = blocks.get(commit_cid).ok_or_else(|| {
+    let block = blocks.get(&commit_cid).ok_or_else(|| {
         reject(
             Reason::BadCommit,
             format!("commit block {commit_cid} is missing"),
         )
     })?;
     let commit =
-        Commit::decode(commit_cid, block).map_err(|e| reject(Reason::BadCommit, e.to_string()))?;
+        Commit::decode(&commit_cid, block).map_err(|e| reject(Reason::BadCommit, e.to_string()))?;
     Ok((commit, blocks))
-}
-
-/// Reads a `#sync` CAR: its root is the commit.
-fn read_sync_car(bytes: &[u8]) -> Result<(Commit, CarSlice), Reject> {
-    let root = CarReader::with_limits(bytes, CarLimits::default())
-        .map_err(|e| reject(Reason::BadCar, e.to_string()))?
-        .header()
-        .roots
-        .first()
-        .copied()
-        .ok_or_else(|| reject(Reason::BadCar, "the CAR has no root"))?;
-    read_slice(bytes.to_vec(), &root)
 }
