@@ -280,19 +280,24 @@ fn check_filled(n_read: usize, len: usize, offset: u64, what: &'static str) -> R
     Ok(())
 }
 
-/// Splits a block section (CID, then data) that started at `offset`, and checks one against the other.
-fn parse_block(section: Vec<u8>, offset: u64) -> Result<Block, Error> {
+/// Splits a block section (CID, then data) that started at `offset` and checks one against the
+/// other; returns the CID and the length of its encoding, where the data starts.
+fn split_block(section: &[u8], offset: u64) -> Result<(Cid, usize), Error> {
     let bad = |message: String| Error::BadBlock { offset, message };
-    let mut rest = section.as_slice();
+    let mut rest = section;
     let cid = Cid::read_bytes(&mut rest).map_err(|e| bad(format!("invalid CID: {e}")))?;
     check_cid(&cid).map_err(|message| bad(format!("{cid}: {message}")))?;
     if !digest_matches(&cid, rest) {
         return Err(Error::HashMismatch { cid, offset });
     }
-    let cid_len = section.len() - rest.len();
-    let mut data = section;
-    data.drain(..cid_len);
-    Ok(Block { cid, data })
+    Ok((cid, section.len() - rest.len()))
+}
+
+/// [`split_block`] on a section read into its own buffer, which becomes the block's data.
+fn parse_block(mut section: Vec<u8>, offset: u64) -> Result<Block, Error> {
+    let (cid, cid_len) = split_block(&section, offset)?;
+    section.drain(..cid_len);
+    Ok(Block { cid, data: section })
 }
 
 /// Folds the result of one `read` call into `filled` and `offset`; true when the input has ended.
@@ -326,52 +331,31 @@ pub(crate) fn index_in_memory(
     bytes: &[u8],
     limits: &CarLimits,
 ) -> Result<(CarHeader, BlockRanges), Error> {
-    let read_prefix = |pos: &mut usize| -> Result<Varint, Error> {
-        let mut prefix = VarintState::new(*pos as u64);
-        loop {
-            let byte = bytes.get(*pos).copied();
-            if byte.is_some() {
-                *pos += 1;
-            }
-            if let Some(varint) = prefix.push(byte, *pos as u64)? {
-                return Ok(varint);
-            }
-        }
+    // Length prefixes go through the streaming reader's own varint loop (a byte slice is a `Read`);
+    // `offset` is then the position in `bytes`.
+    let mut offset = 0u64;
+    let section = |len: usize, offset: &mut u64, what: &'static str| {
+        let start = *offset as usize;
+        let bytes = bytes.get(start..start + len).ok_or(Error::Truncated {
+            offset: bytes.len() as u64,
+            what,
+        })?;
+        *offset += len as u64;
+        Ok::<_, Error>((start, bytes))
     };
-    let mut pos = 0;
-    let len = header_len(read_prefix(&mut pos)?, limits)?;
-    let header_bytes = bytes.get(pos..pos + len).ok_or(Error::Truncated {
-        offset: bytes.len() as u64,
-        what: "header",
-    })?;
+    let prefix = read_varint(&mut &bytes[..], &mut offset)?;
+    let (_, header_bytes) = section(header_len(prefix, limits)?, &mut offset, "header")?;
     let header = parse_header(header_bytes)?;
-    pos += len;
     let mut blocks = Vec::new();
     loop {
-        let start = pos;
-        let Some(len) = block_len(read_prefix(&mut pos)?, limits, start as u64)? else {
+        let block_start = offset;
+        let prefix = read_varint(&mut &bytes[offset as usize..], &mut offset)?;
+        let Some(len) = block_len(prefix, limits, block_start)? else {
             return Ok((header, blocks));
         };
-        let section = bytes.get(pos..pos + len).ok_or(Error::Truncated {
-            offset: bytes.len() as u64,
-            what: "block",
-        })?;
-        let bad = |message: String| Error::BadBlock {
-            offset: start as u64,
-            message,
-        };
-        let mut rest = section;
-        let cid = Cid::read_bytes(&mut rest).map_err(|e| bad(format!("invalid CID: {e}")))?;
-        check_cid(&cid).map_err(|message| bad(format!("{cid}: {message}")))?;
-        if !digest_matches(&cid, rest) {
-            return Err(Error::HashMismatch {
-                cid,
-                offset: start as u64,
-            });
-        }
-        let data_start = pos + (section.len() - rest.len());
-        pos += len;
-        blocks.push((cid, data_start..pos));
+        let (start, block) = section(len, &mut offset, "block")?;
+        let (cid, cid_len) = split_block(block, block_start)?;
+        blocks.push((cid, start + cid_len..start + len));
     }
 }
 
