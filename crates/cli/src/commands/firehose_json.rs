@@ -115,32 +115,31 @@ pub fn accepted(accepted: &Accepted, collections: Option<&[String]>) -> Option<J
             }
             out.insert("resync".into(), accepted.resync.into());
         }
+        other => status_fields(&mut out, other),
+    }
+    Some(Json::Object(out))
+}
+
+/// The fields of `#identity`, `#account` and `#info`, the same accepted or inspected.
+fn status_fields(out: &mut Map<String, Json>, message: &Message) {
+    let text = |t: Option<&str>| t.map_or(Json::Null, Json::from);
+    match message {
         Message::Identity(event) => {
             out.insert(
                 "handle".into(),
-                event
-                    .handle
-                    .as_ref()
-                    .map_or(Json::Null, |h| h.as_str().into()),
+                text(event.handle.as_ref().map(|h| h.as_str())),
             );
         }
         Message::Account(event) => {
             out.insert("active".into(), event.active.into());
-            out.insert(
-                "status".into(),
-                event.status.as_deref().map_or(Json::Null, Json::from),
-            );
+            out.insert("status".into(), text(event.status.as_deref()));
         }
         Message::Info(event) => {
             out.insert("name".into(), event.name.as_str().into());
-            out.insert(
-                "message".into(),
-                event.message.as_deref().map_or(Json::Null, Json::from),
-            );
+            out.insert("message".into(), text(event.message.as_deref()));
         }
-        Message::Unknown { .. } => {}
+        Message::Commit(_) | Message::Sync(_) | Message::Unknown { .. } => {}
     }
-    Some(Json::Object(out))
 }
 
 /// Whether a record path's collection passes `--collections` (exact NSIDs or `prefix.*`).
@@ -199,44 +198,7 @@ pub fn inspected(message: &Message) -> Json {
                 "ops".into(),
                 Json::Array(event.ops.iter().map(|op| op_json(op, None)).collect()),
             );
-            match read_slice(&event.blocks) {
-                Ok(mut blocks) => {
-                    out.insert("blocks".into(), blocks.n_blocks().into());
-                    let commit_data = blocks
-                        .get(&event.commit)
-                        .and_then(|bytes| {
-                            butterfly_repo::commit::Commit::decode(&event.commit, bytes).ok()
-                        })
-                        .map(|commit| commit.data);
-                    match commit_data {
-                        Some(data) => {
-                            out.insert("data".into(), data.to_string().into());
-                            match butterfly_repo::proof::invert_ops(data, &event.ops, &mut blocks) {
-                                Ok(inversion) => inversion_fields(&mut out, &inversion),
-                                Err(e) => {
-                                    out.insert("inverted_root".into(), Json::Null);
-                                    out.insert("proof".into(), "invalid".into());
-                                    out.insert("proof_detail".into(), e.to_string().into());
-                                }
-                            }
-                        }
-                        None => {
-                            out.insert("inverted_root".into(), Json::Null);
-                            out.insert("proof".into(), "invalid".into());
-                            out.insert(
-                                "proof_detail".into(),
-                                "the commit block is missing or malformed".into(),
-                            );
-                        }
-                    }
-                }
-                Err(e) => {
-                    out.insert("blocks".into(), Json::Null);
-                    out.insert("inverted_root".into(), Json::Null);
-                    out.insert("proof".into(), "invalid".into());
-                    out.insert("proof_detail".into(), e.into());
-                }
-            }
+            inspect_proof(&mut out, event);
         }
         Message::Sync(event) => {
             out.insert("rev".into(), event.rev.as_str().into());
@@ -245,18 +207,37 @@ pub fn inspected(message: &Message) -> Json {
                 read_slice(&event.blocks).map_or(Json::Null, |b| b.n_blocks().into()),
             );
         }
-        other => {
-            let accepted = Accepted {
-                message: other.clone(),
-                commit: None,
-                resync: false,
-            };
-            if let Some(Json::Object(fields)) = self::accepted(&accepted, None) {
-                out = fields;
-            }
-        }
+        other => status_fields(&mut out, other),
     }
     Json::Object(out)
+}
+
+/// Adds `blocks`, `data` and what inversion computes; `proof` is `invalid` when the slice, the
+/// commit block or the ops do not hold together.
+fn inspect_proof(out: &mut Map<String, Json>, event: &CommitEvent) {
+    let slice = read_slice(&event.blocks);
+    out.insert(
+        "blocks".into(),
+        slice.as_ref().map_or(Json::Null, |b| b.n_blocks().into()),
+    );
+    let inversion = slice.and_then(|mut blocks| {
+        let bytes = blocks
+            .get(&event.commit)
+            .ok_or("the commit block is missing")?;
+        let data = butterfly_repo::commit::Commit::decode(&event.commit, bytes)
+            .map_err(|e| e.to_string())?
+            .data;
+        out.insert("data".into(), data.to_string().into());
+        butterfly_repo::proof::invert_ops(data, &event.ops, &mut blocks).map_err(|e| e.to_string())
+    });
+    match inversion {
+        Ok(inversion) => inversion_fields(out, &inversion),
+        Err(detail) => {
+            out.insert("inverted_root".into(), Json::Null);
+            out.insert("proof".into(), "invalid".into());
+            out.insert("proof_detail".into(), detail.into());
+        }
+    }
 }
 
 fn read_slice(bytes: &[u8]) -> Result<CarSlice, String> {
