@@ -95,11 +95,15 @@ async fn follow(args: FollowArgs) -> anyhow::Result<bool> {
     ));
     let quiet = args.quiet;
     let mut failure = None;
+    // One listener for the whole run: a new one per item would miss a Ctrl-C that arrives while
+    // an item is being handled, and the default handler is already replaced.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let item = tokio::select! {
             item = items.recv() => item,
             _ = stop.changed() => None,
-            _ = tokio::signal::ctrl_c() => None,
+            _ = &mut interrupted => None,
         };
         let Some(item) = item else { break };
         match item {

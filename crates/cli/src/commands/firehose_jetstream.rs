@@ -34,10 +34,13 @@ pub async fn run(url: &str, args: &FollowArgs) -> anyhow::Result<bool> {
         None => None,
     };
     let (mut printed, mut malformed) = (0u64, 0u64);
+    // One listener for the whole run, so a Ctrl-C during an item's handling is not missed.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let item = tokio::select! {
             item = items.recv() => item,
-            _ = tokio::signal::ctrl_c() => None,
+            _ = &mut interrupted => None,
         };
         let Some(item) = item else { break };
         match item {
