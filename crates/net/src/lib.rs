@@ -14,8 +14,9 @@
 //! signatures), and installs it explicitly: [`install_crypto_provider`].
 //!
 //! Protocols that reqwest does not speak (WebSocket event streams) get their connection from
-//! [`connect_tcp`], which applies the same address rules and connect timeout, and their TLS settings from
-//! [`tls_client_config`] (ring and the platform verifier, as [`HttpClient`] uses).
+//! [`connect_tcp`], which applies the same address rules and connect timeout (its checks before
+//! resolving are [`check_connect_url`]), and their TLS settings from [`tls_client_config`] (ring and the
+//! platform verifier, as [`HttpClient`] uses).
 //!
 //! It does not know XRPC, DIDs or retries: `butterfly-identity` and `butterfly-xrpc` build on it.
 //!
@@ -277,13 +278,7 @@ impl HttpClient {
     /// Checks that `url` is http(s) with a host, and that a literal IP host is public (unless allowed).
     /// Host names are checked when they resolve.
     pub fn check_url(&self, url: &Url) -> Result<(), Error> {
-        check_url_policy(url, self.allow_private_network).map_err(|failure| match failure {
-            CheckFailure::Blocked(host) => Error::NonPublicAddress { host },
-            CheckFailure::Invalid(reason) => Error::InvalidUrl {
-                url: url.to_string(),
-                reason,
-            },
-        })
+        check_url_policy(url, self.allow_private_network).map_err(|failure| failure.into_error(url))
     }
 
     /// Starts a request after [`HttpClient::check_url`].
@@ -372,6 +367,18 @@ enum CheckFailure {
     Invalid(String),
 }
 
+impl CheckFailure {
+    fn into_error(self, url: &Url) -> Error {
+        match self {
+            CheckFailure::Blocked(host) => Error::NonPublicAddress { host },
+            CheckFailure::Invalid(reason) => Error::InvalidUrl {
+                url: url.to_string(),
+                reason,
+            },
+        }
+    }
+}
+
 fn check_url_policy(url: &Url, allow_private: bool) -> Result<(), CheckFailure> {
     match url.scheme() {
         "http" | "https" => check_host_policy(url, allow_private),
@@ -437,28 +444,30 @@ async fn resolve_allowed(
     Ok(allowed)
 }
 
-/// Opens a TCP connection to the host and port of `url` (`http`, `https`, `ws` or `wss`) under
-/// `config`'s address policy: a literal IP must be public, and a name is resolved by the same filtering
-/// resolver as [`HttpClient`]'s, so only allowed addresses are dialled. Resolving and connecting together
-/// must finish within `config.connect_timeout`; the addresses are tried in the resolver's order.
+/// The checks [`connect_tcp`] makes before it resolves anything: `url` is `http`, `https`, `ws` or
+/// `wss` with a host and no credentials, and a literal IP host is public unless `config` allows
+/// private networks. Host names are checked when they resolve. A client that opens connections later
+/// (a stream that reconnects) calls this up front, so that a refusal is reported at once.
+pub fn check_connect_url(url: &Url, config: &HttpConfig) -> Result<(), Error> {
+    match url.scheme() {
+        "http" | "https" | "ws" | "wss" => check_host_policy(url, config.allow_private_network),
+        other => Err(CheckFailure::Invalid(format!(
+            "scheme {other:?} is not http, https, ws or wss"
+        ))),
+    }
+    .map_err(|failure| failure.into_error(url))
+}
+
+/// Opens a TCP connection to the host and port of `url` under `config`'s address policy
+/// ([`check_connect_url`]; a name is resolved by the same filtering resolver as [`HttpClient`]'s, so
+/// only allowed addresses are dialled). Resolving and connecting together must finish within
+/// `config.connect_timeout`; the addresses are tried in the resolver's order.
 ///
 /// This is the way out for protocols that reqwest does not speak (WebSocket event streams), so that
 /// they cannot skip the policy. The caller adds TLS (see [`tls_client_config`]).
 pub async fn connect_tcp(url: &Url, config: &HttpConfig) -> Result<tokio::net::TcpStream, Error> {
+    check_connect_url(url, config)?;
     let allow_private = config.allow_private_network;
-    let policy = match url.scheme() {
-        "http" | "https" | "ws" | "wss" => check_host_policy(url, allow_private),
-        other => Err(CheckFailure::Invalid(format!(
-            "scheme {other:?} is not http, https, ws or wss"
-        ))),
-    };
-    policy.map_err(|failure| match failure {
-        CheckFailure::Blocked(host) => Error::NonPublicAddress { host },
-        CheckFailure::Invalid(reason) => Error::InvalidUrl {
-            url: url.to_string(),
-            reason,
-        },
-    })?;
     let invalid = |reason: &str| Error::InvalidUrl {
         url: url.to_string(),
         reason: reason.to_owned(),

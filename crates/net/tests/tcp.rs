@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use butterfly_net::{connect_tcp, tls_client_config, Error, HttpConfig};
+use butterfly_net::{check_connect_url, connect_tcp, tls_client_config, Error, HttpConfig};
 use url::Url;
 
 async fn listener() -> (tokio::net::TcpListener, u16) {
@@ -64,6 +64,33 @@ async fn other_schemes_and_missing_hosts_are_invalid() {
             "{url}: {error:?}"
         );
     }
+}
+
+#[test]
+fn literal_hosts_are_checked_without_connecting() {
+    let strict = HttpConfig::default();
+    let open = HttpConfig::with_private_network(true);
+    for url in [
+        "ws://127.0.0.1:1/",
+        "wss://[::1]/",
+        "http://169.254.169.254/",
+    ] {
+        let url = Url::parse(url).expect("test url parses");
+        let error = check_connect_url(&url, &strict).expect_err("not public");
+        assert!(
+            matches!(error, Error::NonPublicAddress { .. }),
+            "{url}: {error:?}"
+        );
+        check_connect_url(&url, &open).expect("allowed");
+    }
+    // A name is judged when it resolves, not before.
+    let by_name = Url::parse("ws://localhost:1/").expect("test url parses");
+    check_connect_url(&by_name, &strict).expect("names pass");
+    let other = Url::parse("ftp://example.com/").expect("test url parses");
+    assert!(matches!(
+        check_connect_url(&other, &open),
+        Err(Error::InvalidUrl { .. })
+    ));
 }
 
 #[tokio::test]
