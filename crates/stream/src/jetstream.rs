@@ -29,19 +29,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use url::Url;
 
 use butterfly_syntax::{CidString, Did, Handle, Nsid, RecordKey, Tid};
 
-use crate::backoff::Backoff;
 use crate::config::StreamConfig;
+use crate::reconnect::{self, Outcome, Session};
 use crate::socket::{Connector, Inbound, Socket};
-use crate::{
-    channel, check_literal_host, set_query_param, websocket_url, Connection, Cursor,
-    DisconnectReason, Driver, Error,
-};
+use crate::{set_query_param, websocket_url, Connection, Cursor, DisconnectReason, Driver, Error};
 
 /// The zstd dictionary Jetstream compresses its messages with (`pkg/models/zstd_dictionary` upstream;
 /// see `data/README.md` beside this crate for where this copy comes from).
@@ -430,8 +427,9 @@ impl JetstreamConnection {
 /// `wantedCollections`, `wantedDids` and `cursor` found in the endpoint URL are added to the
 /// configuration's (the URL's cursor is used when the configuration has none).
 ///
-/// Fails at once only for an unusable URL, a literal IP address the policy refuses, or a dictionary or
-/// TLS configuration that cannot be loaded; connection failures are delivered and retried.
+/// Fails at once only for an unusable URL, a literal IP address the policy refuses, a dictionary or
+/// TLS configuration that cannot be loaded, or a `User-Agent` that cannot be sent; connection failures
+/// are delivered and retried.
 ///
 /// # Panics
 /// Outside a tokio runtime.
@@ -440,7 +438,6 @@ pub fn subscribe(
     mut config: JetstreamConfig,
 ) -> Result<(JetstreamConnection, mpsc::Receiver<JetstreamItem>), Error> {
     let mut endpoint = jetstream_endpoint(endpoint)?;
-    check_literal_host(&endpoint, &config.stream)?;
     for (key, value) in endpoint.query_pairs() {
         match key.as_ref() {
             "wantedCollections" => config.filters.wanted_collections.push(value.into_owned()),
@@ -457,27 +454,30 @@ pub fn subscribe(
     for owned in OWNED_PARAMETERS {
         set_query_param(&mut endpoint, owned, None);
     }
-    // Fail now, not on the first message, if the dictionary is not one.
-    new_decompressor(config.zstd_dictionary.as_deref())?;
-    let connector = Connector::new(&config.stream, &endpoint)?;
-    let (sender, receiver) = channel(config.stream.queue_capacity);
+    let mut headers = HeaderMap::new();
+    if config.compress {
+        headers.insert(
+            HeaderName::from_static("socket-encoding"),
+            HeaderValue::from_static("zstd"),
+        );
+    }
+    let connector = Connector::new(&config.stream, &endpoint, headers)?;
+    // One decompressor for every connection; loading the dictionary now also refuses a bad one.
+    let decompressor = new_decompressor(config.zstd_dictionary.as_deref())?;
     let (filters_sender, filters) = watch::channel(config.filters.clone());
     let cursor = Cursor::new(config.cursor);
-    let connection = Connection::spawn(cursor.clone(), |shutdown| {
-        let client = Client {
-            endpoint,
-            backoff: Backoff::new(config.stream.backoff.clone()),
-            start_cursor: config.cursor,
-            config,
-            connector,
-            cursor,
-            delivered: false,
-            filters,
-            filters_open: true,
-            driver: Driver::new(sender, shutdown),
-        };
-        tokio::spawn(client.run())
-    });
+    let stream = config.stream.clone();
+    let session = Jetstream {
+        endpoint,
+        start_cursor: config.cursor,
+        config,
+        cursor: cursor.clone(),
+        delivered: false,
+        filters,
+        filters_open: true,
+        decompressor,
+    };
+    let (connection, receiver) = reconnect::spawn(session, connector, stream, cursor);
     Ok((
         JetstreamConnection {
             connection,
@@ -504,22 +504,15 @@ fn new_decompressor(dictionary: Option<&[u8]>) -> Result<zstd::bulk::Decompresso
     .map_err(|error| Error::Dictionary(error.to_string()))
 }
 
-struct Client {
+struct Jetstream {
     endpoint: Url,
     config: JetstreamConfig,
-    connector: Connector,
     cursor: Cursor,
     start_cursor: Option<i64>,
     delivered: bool,
-    backoff: Backoff,
     filters: watch::Receiver<Filters>,
     filters_open: bool,
-    driver: Driver<JetstreamItem>,
-}
-
-enum Outcome {
-    Ended(DisconnectReason),
-    Stopped,
+    decompressor: zstd::bulk::Decompressor<'static>,
 }
 
 enum Interrupt {
@@ -528,9 +521,12 @@ enum Interrupt {
     FiltersDropped,
 }
 
-impl Client {
-    /// The cursor for the next connection: the start cursor until an event is delivered, then the
-    /// highest `time_us` delivered minus the rewind.
+impl Session for Jetstream {
+    type Item = JetstreamItem;
+    const NAME: &'static str = "jetstream";
+
+    /// The start cursor until an event is delivered, then the highest `time_us` delivered minus the
+    /// rewind.
     fn resume_cursor(&self) -> Option<i64> {
         if !self.delivered {
             return self.start_cursor;
@@ -541,9 +537,11 @@ impl Client {
             .map(|time_us| time_us.saturating_sub(rewind).max(0))
     }
 
-    fn url(&self, filters: &Filters, cursor: Option<i64>) -> Url {
+    /// The endpoint with the filters in force, `cursor` and the client's options.
+    fn url(&mut self, cursor: Option<i64>) -> Url {
         let mut url = self.endpoint.clone();
         {
+            let filters = self.filters.borrow_and_update();
             let mut pairs = url.query_pairs_mut();
             for collection in &filters.wanted_collections {
                 pairs.append_pair("wantedCollections", collection);
@@ -570,76 +568,29 @@ impl Client {
         url
     }
 
-    async fn run(mut self) {
-        let headers: Vec<(&'static str, String)> = if self.config.compress {
-            vec![("socket-encoding", "zstd".to_owned())]
-        } else {
-            Vec::new()
-        };
-        loop {
-            let resume = self.resume_cursor();
-            let filters = self.filters.borrow_and_update().clone();
-            let url = self.url(&filters, resume);
-            let connecting = tokio::select! {
-                biased;
-                () = self.driver.stopped() => return,
-                connected = self.connector.connect(&url, &headers) => connected,
-            };
-            let (reason, connected_for) = match connecting {
-                Err(error) => (DisconnectReason::Connect(error), None),
-                Ok(ws) => {
-                    let since = Instant::now();
-                    let cursor_before = self.cursor.get();
-                    tracing::info!(url = %url, cursor = ?resume, "jetstream connected");
-                    if self
-                        .driver
-                        .deliver(JetstreamItem::Connected { cursor: resume })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let socket = Socket::new(ws, &self.config.stream);
-                    match self.read(socket).await {
-                        Outcome::Stopped => return,
-                        Outcome::Ended(reason) => {
-                            if self.cursor.get() != cursor_before {
-                                self.backoff.reset();
-                            }
-                            (reason, Some(since.elapsed()))
-                        }
-                    }
-                }
-            };
-            let retry_in = self.backoff.next_delay(connected_for);
-            let cursor = self.resume_cursor();
-            tracing::warn!(url = %self.endpoint, %reason, ?retry_in, ?cursor, "jetstream disconnected");
-            let item = JetstreamItem::Disconnected {
-                reason,
-                retry_in,
-                cursor,
-            };
-            if self.driver.deliver(item).await.is_err() {
-                return;
-            }
-            if self.driver.sleep(retry_in).await.is_err() {
-                return;
-            }
+    fn connected(cursor: Option<i64>) -> JetstreamItem {
+        JetstreamItem::Connected { cursor }
+    }
+
+    fn disconnected(
+        reason: DisconnectReason,
+        retry_in: Duration,
+        cursor: Option<i64>,
+    ) -> JetstreamItem {
+        JetstreamItem::Disconnected {
+            reason,
+            retry_in,
+            cursor,
         }
     }
 
-    async fn read(&mut self, mut socket: Socket) -> Outcome {
-        let mut decompressor = match new_decompressor(self.config.zstd_dictionary.as_deref()) {
-            Ok(decompressor) => decompressor,
-            // Checked when the client started; a failure now is an allocation failure.
-            Err(error) => return Outcome::Ended(DisconnectReason::Connect(error)),
-        };
+    /// Delivers every event, and sends `options_update` when the filters change.
+    async fn read(&mut self, socket: &mut Socket, driver: &mut Driver<JetstreamItem>) -> Outcome {
         let limit = self.config.stream.max_message_bytes;
         loop {
             let filters_open = self.filters_open;
-            let driver = &mut self.driver;
             let filters = &mut self.filters;
-            let interrupt = async move {
+            let interrupt = async {
                 if !filters_open {
                     driver.stopped().await;
                     return Interrupt::Stop;
@@ -652,11 +603,8 @@ impl Client {
                     },
                 }
             };
-            let message = match socket.next(interrupt).await {
-                Inbound::Interrupted(Interrupt::Stop) => {
-                    socket.close().await;
-                    return Outcome::Stopped;
-                }
+            let (raw, event) = match socket.next(interrupt).await {
+                Inbound::Interrupted(Interrupt::Stop) => return Outcome::Stopped,
                 Inbound::Interrupted(Interrupt::FiltersDropped) => {
                     self.filters_open = false;
                     continue;
@@ -671,16 +619,8 @@ impl Client {
                     continue;
                 }
                 Inbound::Ended(reason) => return Outcome::Ended(reason),
-                Inbound::Data(message) => message,
-            };
-            let (raw, event) = match message {
-                WsMessage::Text(text) => {
-                    let raw = Bytes::from(text);
-                    let event = decode_event(&raw);
-                    (raw, event)
-                }
-                WsMessage::Binary(bytes) if bytes.starts_with(&ZSTD_MAGIC) => {
-                    match decompress(&mut decompressor, &bytes, limit) {
+                Inbound::Binary(bytes) if bytes.starts_with(&ZSTD_MAGIC) => {
+                    match decompress(&mut self.decompressor, &bytes, limit) {
                         Ok(json) => {
                             let event = decode_event(&json);
                             (json, event)
@@ -688,21 +628,17 @@ impl Client {
                         Err(error) => (bytes, Err(error)),
                     }
                 }
-                WsMessage::Binary(bytes) => {
-                    let event = decode_event(&bytes);
-                    (bytes, event)
+                Inbound::Binary(raw) | Inbound::Text(raw) => {
+                    let event = decode_event(&raw);
+                    (raw, event)
                 }
-                // `Socket::next` returns only data messages.
-                _ => continue,
             };
             let time_us = event.as_ref().ok().map(|event| event.time_us);
-            if self
-                .driver
+            if driver
                 .deliver(JetstreamItem::Event { raw, event })
                 .await
                 .is_err()
             {
-                socket.close().await;
                 return Outcome::Stopped;
             }
             if let Some(time_us) = time_us {
@@ -719,11 +655,8 @@ fn decompress(
     bytes: &[u8],
     limit: usize,
 ) -> Result<Bytes, DecodeError> {
-    if let Some(size) = zstd::bulk::Decompressor::upper_bound(bytes) {
-        if size > limit {
-            return Err(DecodeError::TooLarge { limit });
-        }
-    }
+    // `decompress` refuses a frame whose recorded size is over `limit` before allocating, allocates
+    // the recorded size, and stops at `limit` for a frame that records none (a zstd bomb).
     decompressor
         .decompress(bytes, limit)
         .map(Bytes::from)

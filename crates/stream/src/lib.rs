@@ -63,6 +63,7 @@ mod backoff;
 mod config;
 mod error;
 pub mod jetstream;
+mod reconnect;
 mod replay;
 pub mod repos;
 mod socket;
@@ -331,26 +332,6 @@ pub(crate) fn websocket_url(endpoint: &str, path: &str) -> Result<url::Url, Erro
         return Err(invalid("credentials in the url are not allowed"));
     }
     Ok(url)
-}
-
-/// Refuses a literal non-public address before the client starts, so the caller sees the error at
-/// once. Names are checked again when they resolve, in `butterfly_net::connect_tcp`.
-pub(crate) fn check_literal_host(url: &url::Url, config: &StreamConfig) -> Result<(), Error> {
-    if config.network.allow_private_network {
-        return Ok(());
-    }
-    let ip = match url.host() {
-        Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
-        Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
-        _ => return Ok(()),
-    };
-    if butterfly_net::is_public_ip(&ip) {
-        Ok(())
-    } else {
-        Err(Error::Net(butterfly_net::Error::NonPublicAddress {
-            host: ip.to_string(),
-        }))
-    }
 }
 
 /// Sets `name=value` in the query, replacing any earlier value, or removes it.

@@ -18,20 +18,20 @@
 //! `#info` messages (such as `OutdatedCursor`, sent when the cursor is older than the server keeps) are
 //! only delivered.
 
+use std::time::Duration;
+
 use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::http::HeaderMap;
 use url::Url;
 
 use butterfly_firehose::message::{self, ErrorFrame};
 use butterfly_firehose::{decode_frame, Frame};
 
-use crate::backoff::Backoff;
 use crate::config::StreamConfig;
+use crate::reconnect::{self, Outcome, Session};
 use crate::socket::{Connector, Inbound, Socket};
 use crate::{
-    channel, check_literal_host, set_query_param, websocket_url, Connection, Cursor,
-    DisconnectReason, Driver, Error, StreamItem,
+    set_query_param, websocket_url, Connection, Cursor, DisconnectReason, Driver, Error, StreamItem,
 };
 
 const PATH: &str = "/xrpc/com.atproto.sync.subscribeRepos";
@@ -50,8 +50,8 @@ pub fn repos_endpoint(endpoint: &str) -> Result<Url, Error> {
 /// receiver is dropped or the handle shuts it down, reconnecting forever with backoff.
 ///
 /// Fails at once only for what retrying cannot fix: an unusable URL, a literal IP address the policy
-/// refuses, or a TLS configuration that cannot be built. Failures to connect are delivered as
-/// [`StreamItem::Disconnected`] and retried.
+/// refuses, or a TLS configuration or `User-Agent` that cannot be used. Failures to connect are
+/// delivered as [`StreamItem::Disconnected`] and retried.
 ///
 /// # Panics
 /// Outside a tokio runtime.
@@ -61,121 +61,68 @@ pub fn subscribe_repos(
     config: StreamConfig,
 ) -> Result<(Connection, mpsc::Receiver<StreamItem>), Error> {
     let endpoint = repos_endpoint(endpoint)?;
-    check_literal_host(&endpoint, &config)?;
-    let connector = Connector::new(&config, &endpoint)?;
-    let (sender, receiver) = channel(config.queue_capacity);
+    let connector = Connector::new(&config, &endpoint, HeaderMap::new())?;
     let cursor = Cursor::new(cursor);
-    let connection = Connection::spawn(cursor.clone(), |shutdown| {
-        let client = Client {
-            endpoint,
-            backoff: Backoff::new(config.backoff.clone()),
-            config,
-            connector,
-            cursor,
-            driver: Driver::new(sender, shutdown),
-        };
-        tokio::spawn(client.run())
-    });
-    Ok((connection, receiver))
+    let session = Repos {
+        endpoint,
+        cursor: cursor.clone(),
+    };
+    Ok(reconnect::spawn(session, connector, config, cursor))
 }
 
-struct Client {
+struct Repos {
     endpoint: Url,
-    config: StreamConfig,
-    connector: Connector,
     cursor: Cursor,
-    backoff: Backoff,
-    driver: Driver<StreamItem>,
 }
 
-/// What one connection ended with.
-enum Outcome {
-    /// Reconnect after this.
-    Ended(DisconnectReason),
-    /// The consumer is gone or asked to stop.
-    Stopped,
-}
+impl Session for Repos {
+    type Item = StreamItem;
+    const NAME: &'static str = "subscribeRepos";
 
-impl Client {
-    async fn run(mut self) {
-        loop {
-            let resume = self.cursor.get();
-            let mut url = self.endpoint.clone();
-            let cursor_text = resume.map(|seq| seq.to_string());
-            set_query_param(&mut url, "cursor", cursor_text.as_deref());
-            let connecting = tokio::select! {
-                biased;
-                () = self.driver.stopped() => return,
-                connected = self.connector.connect(&url, &[]) => connected,
-            };
-            let (reason, connected_for) = match connecting {
-                Err(error) => (DisconnectReason::Connect(error), None),
-                Ok(ws) => {
-                    let since = Instant::now();
-                    let cursor_before = self.cursor.get();
-                    tracing::info!(url = %url, cursor = ?resume, "subscribeRepos connected");
-                    if self
-                        .driver
-                        .deliver(StreamItem::Connected { cursor: resume })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let socket = Socket::new(ws, &self.config);
-                    match self.read(socket).await {
-                        Outcome::Stopped => return,
-                        Outcome::Ended(reason) => {
-                            if self.cursor.get() != cursor_before {
-                                self.backoff.reset();
-                            }
-                            (reason, Some(since.elapsed()))
-                        }
-                    }
-                }
-            };
-            let retry_in = self.backoff.next_delay(connected_for);
-            let cursor = self.cursor.get();
-            tracing::warn!(url = %self.endpoint, %reason, ?retry_in, ?cursor, "subscribeRepos disconnected");
-            let item = StreamItem::Disconnected {
-                reason,
-                retry_in,
-                cursor,
-            };
-            if self.driver.deliver(item).await.is_err() {
-                return;
-            }
-            if self.driver.sleep(retry_in).await.is_err() {
-                return;
-            }
+    fn resume_cursor(&self) -> Option<i64> {
+        self.cursor.get()
+    }
+
+    fn url(&mut self, cursor: Option<i64>) -> Url {
+        let mut url = self.endpoint.clone();
+        let cursor = cursor.map(|seq| seq.to_string());
+        set_query_param(&mut url, "cursor", cursor.as_deref());
+        url
+    }
+
+    fn connected(cursor: Option<i64>) -> StreamItem {
+        StreamItem::Connected { cursor }
+    }
+
+    fn disconnected(
+        reason: DisconnectReason,
+        retry_in: Duration,
+        cursor: Option<i64>,
+    ) -> StreamItem {
+        StreamItem::Disconnected {
+            reason,
+            retry_in,
+            cursor,
         }
     }
 
-    /// Reads one connection until it ends, delivering every frame.
-    async fn read(&mut self, mut socket: Socket) -> Outcome {
+    /// Delivers every frame; an error frame ends the connection.
+    async fn read(&mut self, socket: &mut Socket, driver: &mut Driver<StreamItem>) -> Outcome {
         loop {
-            let message = match socket.next(self.driver.stopped()).await {
-                Inbound::Interrupted(()) => {
-                    socket.close().await;
-                    return Outcome::Stopped;
-                }
+            let (raw, frame) = match socket.next(driver.stopped()).await {
+                Inbound::Interrupted(()) => return Outcome::Stopped,
                 Inbound::Ended(reason) => return Outcome::Ended(reason),
-                Inbound::Data(message) => message,
-            };
-            let (raw, frame) = match message {
-                WsMessage::Binary(raw) => {
+                Inbound::Binary(raw) => {
                     let frame = decode_frame(&raw);
                     (raw, frame)
                 }
-                WsMessage::Text(text) => (
-                    text.into(),
+                Inbound::Text(raw) => (
+                    raw,
                     Err(message::Error::Field {
                         kind: "header".to_owned(),
                         message: "a text message on a binary stream".to_owned(),
                     }),
                 ),
-                // `Socket::next` returns only data messages.
-                _ => continue,
             };
             let seq = match &frame {
                 Ok(Frame::Message(message)) => message.seq(),
@@ -187,13 +134,11 @@ impl Client {
                 }
                 _ => None,
             };
-            if self
-                .driver
+            if driver
                 .deliver(StreamItem::Frame { raw, frame })
                 .await
                 .is_err()
             {
-                socket.close().await;
                 return Outcome::Stopped;
             }
             if let Some(seq) = seq {
@@ -203,7 +148,6 @@ impl Client {
                 if error == "FutureCursor" {
                     self.cursor.reset();
                 }
-                socket.close().await;
                 return Outcome::Ended(DisconnectReason::ErrorFrame { error, message });
             }
         }

@@ -1,88 +1,53 @@
 //! One WebSocket connection: opened under the address policy, read with a ping/stall watchdog.
 
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::http::{header, HeaderMap, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::either::Either;
 use url::Url;
+
+use butterfly_net::HttpConfig;
 
 use crate::config::StreamConfig;
 use crate::{DisconnectReason, Error};
 
-/// A TCP stream, with or without TLS.
-pub(crate) enum MaybeTls {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for MaybeTls {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            MaybeTls::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for MaybeTls {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            MaybeTls::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            MaybeTls::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            MaybeTls::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            MaybeTls::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-pub(crate) type WsStream = WebSocketStream<MaybeTls>;
+/// A TCP stream, without TLS (`ws`) or with it (`wss`).
+pub(crate) type WsStream = WebSocketStream<Either<TcpStream, TlsStream<TcpStream>>>;
 
 /// Opens WebSocket connections: policy-checked TCP from `butterfly_net`, TLS for `wss`, then the
 /// handshake with a message size limit.
 pub(crate) struct Connector {
-    config: StreamConfig,
+    network: HttpConfig,
     tls: Option<tokio_rustls::TlsConnector>,
+    /// The `User-Agent` and the client's own headers, sent with every handshake.
+    headers: HeaderMap,
+    ws_config: WebSocketConfig,
 }
 
 impl Connector {
-    /// Builds the TLS configuration up front when `url` needs it, so that a broken one is reported
-    /// before the stream starts.
-    pub(crate) fn new(config: &StreamConfig, url: &Url) -> Result<Connector, Error> {
+    /// Checks what retrying cannot fix before the stream starts, so that it is reported at once: the
+    /// address policy for a literal IP host of `url`, the TLS configuration when `url` needs it, and
+    /// the `User-Agent`. `headers` are sent besides the standard ones.
+    pub(crate) fn new(
+        config: &StreamConfig,
+        url: &Url,
+        mut headers: HeaderMap,
+    ) -> Result<Connector, Error> {
+        butterfly_net::check_connect_url(url, &config.network)?;
         let tls = if url.scheme() == "wss" {
-            butterfly_net::install_crypto_provider();
             let mut tls = butterfly_net::tls_client_config()?;
             // A WebSocket handshake is HTTP/1.1; say so, in case the server prefers h2.
             tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -90,67 +55,57 @@ impl Connector {
         } else {
             None
         };
+        let user_agent = HeaderValue::from_str(&config.network.user_agent).map_err(|error| {
+            Error::Handshake {
+                url: url.to_string(),
+                message: format!("user agent: {error}"),
+            }
+        })?;
+        headers.insert(header::USER_AGENT, user_agent);
+        let limit = config.max_message_bytes;
         Ok(Connector {
-            config: config.clone(),
+            network: config.network.clone(),
             tls,
+            headers,
+            ws_config: WebSocketConfig::default()
+                .max_message_size(Some(limit))
+                .max_frame_size(Some(limit)),
         })
     }
 
-    /// Connects and performs the handshake, sending `headers` besides the standard ones.
-    pub(crate) async fn connect(
-        &self,
-        url: &Url,
-        headers: &[(&'static str, String)],
-    ) -> Result<WsStream, Error> {
-        let tcp = butterfly_net::connect_tcp(url, &self.config.network).await?;
+    /// Connects and performs the handshake.
+    pub(crate) async fn connect(&self, url: &Url) -> Result<WsStream, Error> {
+        let tcp = butterfly_net::connect_tcp(url, &self.network).await?;
         let handshake = async {
             let stream = match &self.tls {
-                None => MaybeTls::Plain(tcp),
+                None => Either::Left(tcp),
                 Some(connector) => {
-                    let name = server_name(url)?;
-                    let stream =
-                        connector
-                            .connect(name, tcp)
-                            .await
-                            .map_err(|error| Error::Tls {
-                                url: url.to_string(),
-                                message: error.to_string(),
-                            })?;
-                    MaybeTls::Tls(Box::new(stream))
+                    let tls = connector
+                        .connect(server_name(url)?, tcp)
+                        .await
+                        .map_err(|error| Error::Tls {
+                            url: url.to_string(),
+                            message: error.to_string(),
+                        })?;
+                    Either::Right(tls)
                 }
             };
-            let handshake_error = |message: String| Error::Handshake {
+            let handshake_error = |error: tokio_tungstenite::tungstenite::Error| Error::Handshake {
                 url: url.to_string(),
-                message,
+                message: error.to_string(),
             };
             let mut request = url
                 .as_str()
                 .into_client_request()
-                .map_err(|error| handshake_error(error.to_string()))?;
-            let user_agent = HeaderValue::from_str(&self.config.network.user_agent)
-                .map_err(|error| handshake_error(format!("user agent: {error}")))?;
-            request.headers_mut().insert(
-                tokio_tungstenite::tungstenite::http::header::USER_AGENT,
-                user_agent,
-            );
-            for (name, value) in headers {
-                let value = HeaderValue::from_str(value)
-                    .map_err(|error| handshake_error(format!("header {name}: {error}")))?;
-                let name = HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|error| handshake_error(format!("header {name}: {error}")))?;
-                request.headers_mut().insert(name, value);
-            }
-            let limit = self.config.max_message_bytes;
-            let ws_config = WebSocketConfig::default()
-                .max_message_size(Some(limit))
-                .max_frame_size(Some(limit));
+                .map_err(handshake_error)?;
+            request.headers_mut().extend(self.headers.clone());
             let (ws, _response) =
-                tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
+                tokio_tungstenite::client_async_with_config(request, stream, Some(self.ws_config))
                     .await
-                    .map_err(|error| handshake_error(error.to_string()))?;
+                    .map_err(handshake_error)?;
             Ok(ws)
         };
-        tokio::time::timeout(self.config.network.connect_timeout, handshake)
+        tokio::time::timeout(self.network.connect_timeout, handshake)
             .await
             .map_err(|_| Error::HandshakeTimeout {
                 url: url.to_string(),
@@ -174,8 +129,10 @@ fn server_name(url: &Url) -> Result<ServerName<'static>, Error> {
 
 /// What reading a [`Socket`] gave.
 pub(crate) enum Inbound<I> {
-    /// A binary or text message.
-    Data(Message),
+    /// A binary message.
+    Binary(Bytes),
+    /// A text message, as its UTF-8 bytes.
+    Text(Bytes),
     /// The connection is over.
     Ended(DisconnectReason),
     /// The caller's interrupt future finished first.
@@ -184,11 +141,10 @@ pub(crate) enum Inbound<I> {
 
 /// An open connection with its liveness clock.
 ///
-/// Liveness: after `ping_interval` with nothing inbound (counted from the last inbound message or our
-/// last ping), a ping is sent; once a ping is out, `stall_timeout` with nothing inbound at all ends the
-/// connection as stalled. Any inbound message counts, not only the pong, so a busy stream never
-/// needs an answer to prove itself, and an idle one only has to answer pings. Pings from the server
-/// are answered by tungstenite while we read.
+/// Liveness: after `ping_interval` with nothing inbound, a ping is sent; once a ping is out,
+/// `stall_timeout` with nothing inbound at all ends the connection as stalled. Any inbound message
+/// counts, not only the pong, so a busy stream never needs an answer to prove itself, and an idle one
+/// only has to answer pings. Pings from the server are answered by tungstenite while we read.
 ///
 /// Backpressure never looks like a stall: the reader waits for a full queue outside `next`, right
 /// after a message arrived (so no ping is out), and when it comes back, reading is preferred over the
@@ -198,8 +154,12 @@ pub(crate) struct Socket {
     ping_interval: Duration,
     stall_timeout: Duration,
     last_inbound: Instant,
-    last_ping: Option<Instant>,
-    awaiting_since: Option<Instant>,
+    /// When the ping now awaiting an answer (any inbound message) was sent.
+    ping_sent: Option<Instant>,
+    /// The liveness check: at `ping_sent + stall_timeout` while a ping is out, otherwise at or before
+    /// `last_inbound + ping_interval`. Messages do not move it (that would re-arm a timer per message):
+    /// when it fires early, it is set again to the real time.
+    timer: Pin<Box<Sleep>>,
 }
 
 /// How long a polite close may take before the connection is simply dropped.
@@ -207,13 +167,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Socket {
     pub(crate) fn new(ws: WsStream, config: &StreamConfig) -> Socket {
+        let now = Instant::now();
         Socket {
             ws,
             ping_interval: config.ping_interval,
             stall_timeout: config.stall_timeout,
-            last_inbound: Instant::now(),
-            last_ping: None,
-            awaiting_since: None,
+            last_inbound: now,
+            ping_sent: None,
+            timer: Box::pin(tokio::time::sleep_until(later(now, config.ping_interval))),
         }
     }
 
@@ -222,87 +183,89 @@ impl Socket {
     pub(crate) async fn next<I>(&mut self, interrupt: impl Future<Output = I>) -> Inbound<I> {
         tokio::pin!(interrupt);
         loop {
-            let deadline = match self.awaiting_since {
-                Some(since) => since + self.stall_timeout,
-                None => {
-                    let quiet_since = match self.last_ping {
-                        Some(ping) => ping.max(self.last_inbound),
-                        None => self.last_inbound,
-                    };
-                    quiet_since + self.ping_interval
+            let read = tokio::select! {
+                biased;
+                value = &mut interrupt => return Inbound::Interrupted(value),
+                read = self.ws.next() => read,
+                () = self.timer.as_mut() => {
+                    if let Some(ended) = self.watchdog(interrupt.as_mut()).await {
+                        return ended;
+                    }
+                    continue;
                 }
             };
-            enum Event<I> {
-                Interrupted(I),
-                Read(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
-                Timer,
-            }
-            let event = tokio::select! {
-                biased;
-                value = &mut interrupt => Event::Interrupted(value),
-                read = self.ws.next() => Event::Read(read),
-                () = tokio::time::sleep_until(deadline) => Event::Timer,
-            };
-            match event {
-                Event::Interrupted(value) => return Inbound::Interrupted(value),
-                Event::Read(None) => {
+            let message = match read {
+                None => {
                     return Inbound::Ended(DisconnectReason::Closed {
                         code: None,
                         reason: "connection closed without a close frame".to_owned(),
                     })
                 }
-                Event::Read(Some(Err(error))) => {
+                Some(Err(error)) => {
                     return Inbound::Ended(DisconnectReason::Transport(error.to_string()))
                 }
-                Event::Read(Some(Ok(message))) => {
-                    self.last_inbound = Instant::now();
-                    self.awaiting_since = None;
-                    match message {
-                        Message::Binary(_) | Message::Text(_) => return Inbound::Data(message),
-                        Message::Close(frame) => {
-                            let (code, reason) = match frame {
-                                Some(frame) => {
-                                    (Some(u16::from(frame.code)), frame.reason.to_string())
-                                }
-                                None => (None, String::new()),
-                            };
-                            return Inbound::Ended(DisconnectReason::Closed { code, reason });
-                        }
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                    }
-                }
-                Event::Timer => {
-                    let now = Instant::now();
-                    if let Some(since) = self.awaiting_since {
-                        if now >= since + self.stall_timeout {
-                            return Inbound::Ended(DisconnectReason::Stalled {
-                                silent_for: now - self.last_inbound,
-                            });
-                        }
-                        continue;
-                    }
-                    let ping = Message::Ping(bytes::Bytes::from_static(b"butterfly"));
-                    let sent = tokio::select! {
-                        biased;
-                        value = &mut interrupt => return Inbound::Interrupted(value),
-                        sent = tokio::time::timeout(self.stall_timeout, self.ws.send(ping)) => sent,
+                Some(Ok(message)) => message,
+            };
+            self.last_inbound = Instant::now();
+            if self.ping_sent.take().is_some() {
+                // Answered: the next ping is due a ping interval from now, not at the stall time.
+                self.timer
+                    .as_mut()
+                    .reset(later(self.last_inbound, self.ping_interval));
+            }
+            match message {
+                Message::Binary(bytes) => return Inbound::Binary(bytes),
+                Message::Text(text) => return Inbound::Text(text.into()),
+                Message::Close(frame) => {
+                    let (code, reason) = match frame {
+                        Some(frame) => (Some(u16::from(frame.code)), frame.reason.to_string()),
+                        None => (None, String::new()),
                     };
-                    match sent {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => {
-                            return Inbound::Ended(DisconnectReason::Transport(error.to_string()))
-                        }
-                        Err(_) => {
-                            return Inbound::Ended(DisconnectReason::Stalled {
-                                silent_for: Instant::now() - self.last_inbound,
-                            })
-                        }
-                    }
-                    self.last_ping = Some(now);
-                    self.awaiting_since = Some(now);
+                    return Inbound::Ended(DisconnectReason::Closed { code, reason });
                 }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
         }
+    }
+
+    /// The timer fired: declares a stall, sends a ping, or sets the timer again if it fired early.
+    async fn watchdog<I>(
+        &mut self,
+        interrupt: Pin<&mut impl Future<Output = I>>,
+    ) -> Option<Inbound<I>> {
+        let now = Instant::now();
+        if self.ping_sent.is_some() {
+            return Some(Inbound::Ended(DisconnectReason::Stalled {
+                silent_for: now - self.last_inbound,
+            }));
+        }
+        let due = later(self.last_inbound, self.ping_interval);
+        if now < due {
+            self.timer.as_mut().reset(due);
+            return None;
+        }
+        let ping = Message::Ping(Bytes::from_static(b"butterfly"));
+        let sent = tokio::select! {
+            biased;
+            value = interrupt => return Some(Inbound::Interrupted(value)),
+            sent = tokio::time::timeout(self.stall_timeout, self.ws.send(ping)) => sent,
+        };
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Some(Inbound::Ended(DisconnectReason::Transport(
+                    error.to_string(),
+                )))
+            }
+            Err(_) => {
+                return Some(Inbound::Ended(DisconnectReason::Stalled {
+                    silent_for: Instant::now() - self.last_inbound,
+                }))
+            }
+        }
+        self.ping_sent = Some(now);
+        self.timer.as_mut().reset(later(now, self.stall_timeout));
+        None
     }
 
     /// Sends a message (Jetstream's `options_update`), giving up after the stall timeout.
@@ -316,8 +279,17 @@ impl Socket {
         }
     }
 
-    /// Closes politely (a close frame), or drops the connection if that takes too long.
+    /// Closes politely, or drops the connection if that takes too long: sends our close frame, or,
+    /// after the server's, the reply tungstenite queued for it (RFC 6455 §5.5.1 wants one). This is
+    /// the `Sink` close: `WebSocketStream::close` sends a new close frame, which tungstenite refuses
+    /// once the server's has come, and the reply would never leave.
     pub(crate) async fn close(mut self) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.close(None)).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::close(&mut self.ws)).await;
     }
+}
+
+/// `at + after`, or a time too far away to matter if that overflows (a huge interval turns pings off).
+fn later(at: Instant, after: Duration) -> Instant {
+    at.checked_add(after)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use butterfly_stream::jetstream::{
-    subscribe, EventKind, Filters, JetstreamConfig, JetstreamItem, Operation,
-    JETSTREAM_ZSTD_DICTIONARY,
+    subscribe, Event, EventKind, Filters, JetstreamConfig, JetstreamConnection, JetstreamItem,
+    Operation, JETSTREAM_ZSTD_DICTIONARY,
 };
 use butterfly_stream::DisconnectReason;
 use common::{fast_config, idle, next, serve};
@@ -51,14 +51,19 @@ fn config() -> JetstreamConfig {
     }
 }
 
-/// The next event's `time_us`, failing on anything else.
-async fn next_time(items: &mut mpsc::Receiver<JetstreamItem>) -> i64 {
+/// The next item, which must be a decoded event.
+async fn next_event(items: &mut mpsc::Receiver<JetstreamItem>) -> Event {
     match next(items).await {
         JetstreamItem::Event {
             event: Ok(event), ..
-        } => event.time_us,
+        } => event,
         other => panic!("{other:?}"),
     }
+}
+
+/// The next event's `time_us`, failing on anything else.
+async fn next_time(items: &mut mpsc::Receiver<JetstreamItem>) -> i64 {
+    next_event(items).await.time_us
 }
 
 #[tokio::test]
@@ -112,37 +117,19 @@ async fn filters_and_cursor_go_in_the_query_and_events_are_typed() {
     assert_eq!(commit.collection.as_str(), "app.bsky.feed.post");
     assert_eq!(commit.record.unwrap()["text"], "hello");
 
-    let JetstreamItem::Event {
-        event: Ok(event), ..
-    } = next(&mut items).await
-    else {
-        panic!()
-    };
-    let EventKind::Identity(identity) = event.kind else {
+    let EventKind::Identity(identity) = next_event(&mut items).await.kind else {
         panic!()
     };
     assert_eq!(identity.handle.unwrap().as_str(), "alice.test");
     assert_eq!(identity.seq, 42);
 
-    let JetstreamItem::Event {
-        event: Ok(event), ..
-    } = next(&mut items).await
-    else {
-        panic!()
-    };
-    let EventKind::Account(account) = event.kind else {
+    let EventKind::Account(account) = next_event(&mut items).await.kind else {
         panic!()
     };
     assert_eq!(account.status.as_deref(), Some("takendown"));
 
-    let JetstreamItem::Event {
-        event: Ok(event), ..
-    } = next(&mut items).await
-    else {
-        panic!()
-    };
     assert_eq!(
-        event.kind,
+        next_event(&mut items).await.kind,
         EventKind::Unknown {
             kind: "label".to_owned()
         }
@@ -174,23 +161,11 @@ async fn options_update_is_sent_on_the_socket_and_kept_for_reconnects() {
         let updates_sender = updates_sender.clone();
         async move {
             if conn.index == 0 {
-                send_text(
-                    &mut conn.socket,
-                    commit_json(10_000_000, "app.bsky.feed.post"),
-                )
-                .await;
-                send_text(
-                    &mut conn.socket,
-                    commit_json(10_500_000, "app.bsky.feed.post"),
-                )
-                .await;
-                // An earlier stamp (Jetstream stamps can be slightly out of order) must not move
-                // the cursor back.
-                send_text(
-                    &mut conn.socket,
-                    commit_json(10_400_000, "app.bsky.feed.post"),
-                )
-                .await;
+                // The last stamp is earlier (Jetstream stamps can be slightly out of order): it
+                // must not move the cursor back.
+                for time_us in [10_000_000, 10_500_000, 10_400_000] {
+                    send_text(&mut conn.socket, commit_json(time_us, "app.bsky.feed.post")).await;
+                }
                 // Wait for the client's options_update, then drop the connection.
                 while let Some(Ok(message)) = conn.socket.recv().await {
                     if let WsMessage::Text(text) = message {
@@ -278,11 +253,15 @@ async fn compressed_server(dictionary: Option<&'static [u8]>) -> common::Server 
     .await
 }
 
-#[tokio::test]
-async fn zstd_with_jetstreams_dictionary() {
-    let server = compressed_server(Some(JETSTREAM_ZSTD_DICTIONARY)).await;
+/// Subscribes to `server` asking for compression, with `zstd_dictionary`, and takes the `Connected`
+/// item.
+async fn subscribe_compressed(
+    server: &common::Server,
+    zstd_dictionary: Option<Cow<'static, [u8]>>,
+) -> (JetstreamConnection, mpsc::Receiver<JetstreamItem>) {
     let config = JetstreamConfig {
         compress: true,
+        zstd_dictionary,
         ..config()
     };
     let (connection, mut items) = subscribe(&server.ws(PATH), config).unwrap();
@@ -290,6 +269,14 @@ async fn zstd_with_jetstreams_dictionary() {
         next(&mut items).await,
         JetstreamItem::Connected { .. }
     ));
+    (connection, items)
+}
+
+#[tokio::test]
+async fn zstd_with_jetstreams_dictionary() {
+    let server = compressed_server(Some(JETSTREAM_ZSTD_DICTIONARY)).await;
+    let (connection, mut items) =
+        subscribe_compressed(&server, Some(Cow::Borrowed(JETSTREAM_ZSTD_DICTIONARY))).await;
     for time_us in 1..=3 {
         match next(&mut items).await {
             JetstreamItem::Event {
@@ -319,16 +306,7 @@ async fn zstd_with_jetstreams_dictionary() {
 #[tokio::test]
 async fn zstd_without_a_dictionary() {
     let server = compressed_server(None).await;
-    let config = JetstreamConfig {
-        compress: true,
-        zstd_dictionary: None,
-        ..config()
-    };
-    let (connection, mut items) = subscribe(&server.ws(PATH), config).unwrap();
-    assert!(matches!(
-        next(&mut items).await,
-        JetstreamItem::Connected { .. }
-    ));
+    let (connection, mut items) = subscribe_compressed(&server, None).await;
     for time_us in 1..=3 {
         assert_eq!(next_time(&mut items).await, time_us);
     }
@@ -343,16 +321,7 @@ async fn a_message_compressed_with_another_dictionary_is_a_decode_error_and_the_
         let text: Vec<u8> = (0..4096u32).flat_map(|n| n.to_le_bytes()).collect();
         Cow::Owned(text)
     };
-    let config = JetstreamConfig {
-        compress: true,
-        zstd_dictionary: Some(other_dictionary),
-        ..config()
-    };
-    let (connection, mut items) = subscribe(&server.ws(PATH), config).unwrap();
-    assert!(matches!(
-        next(&mut items).await,
-        JetstreamItem::Connected { .. }
-    ));
+    let (connection, mut items) = subscribe_compressed(&server, Some(other_dictionary)).await;
     for _ in 1..=3 {
         match next(&mut items).await {
             JetstreamItem::Event {

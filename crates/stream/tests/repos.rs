@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message as WsMessage, WebSocket};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use butterfly_firehose::message::{CommitEvent, ErrorFrame};
 use butterfly_firehose::{encode_frame, Frame, Message};
-use butterfly_stream::{subscribe_repos, DisconnectReason, StreamConfig, StreamItem};
+use butterfly_stream::{subscribe_repos, DisconnectReason, Error, StreamConfig, StreamItem};
 use butterfly_syntax::{Did, Tid};
 use common::{fast_config, idle, next, serve, WAIT};
 use tokio::sync::mpsc;
@@ -55,6 +55,15 @@ async fn send_after(socket: &mut WebSocket, cursor: Option<i64>, last: i64) {
 
 fn cursor_of(conn: &common::Conn) -> Option<i64> {
     conn.param("cursor").map(|cursor| cursor.parse().unwrap())
+}
+
+/// The `cursor` each connection asked for.
+fn cursors_asked(server: &common::Server) -> Vec<Option<String>> {
+    server
+        .seen()
+        .iter()
+        .map(|seen| seen.param("cursor").map(str::to_owned))
+        .collect()
 }
 
 /// What the consumer saw, reduced to what the tests compare.
@@ -122,12 +131,7 @@ async fn resumes_from_the_cursor_after_the_server_drops_the_connection() {
         (5..=10).map(Seen::Commit).collect::<Vec<_>>()
     );
     assert_eq!(connection.cursor(), Some(10));
-    let cursors: Vec<_> = server
-        .seen()
-        .iter()
-        .map(|s| s.param("cursor").map(str::to_owned))
-        .collect();
-    assert_eq!(cursors, [None, Some("4".to_owned())]);
+    assert_eq!(cursors_asked(&server), [None, Some("4".to_owned())]);
     connection.close().await;
 }
 
@@ -205,12 +209,7 @@ async fn future_cursor_reconnects_from_the_live_head() {
         ]
     );
     assert_eq!(connection.cursor(), Some(6));
-    let cursors: Vec<_> = server
-        .seen()
-        .iter()
-        .map(|s| s.param("cursor").map(str::to_owned))
-        .collect();
-    assert_eq!(cursors, [Some("1000".to_owned()), None]);
+    assert_eq!(cursors_asked(&server), [Some("1000".to_owned()), None]);
     connection.close().await;
 }
 
@@ -256,6 +255,58 @@ async fn consumer_too_slow_resumes_from_the_saved_cursor() {
         take(&mut items, 3).await,
         [Seen::Connected(Some(3)), Seen::Commit(4), Seen::Commit(5)]
     );
+    connection.close().await;
+}
+
+#[tokio::test]
+async fn the_servers_close_frame_is_answered_and_the_client_reconnects() {
+    let (answered_sender, mut answered) = mpsc::channel(1);
+    let server = serve(PATH, move |mut conn| {
+        let answered_sender = answered_sender.clone();
+        async move {
+            if conn.index > 0 {
+                return idle(&mut conn.socket).await;
+            }
+            send(&mut conn.socket, commit(1, 0)).await;
+            let close = CloseFrame {
+                code: 4000,
+                reason: "going away for the test".into(),
+            };
+            conn.socket
+                .send(WsMessage::Close(Some(close)))
+                .await
+                .unwrap();
+            let mut reply = false;
+            while let Some(Ok(message)) = conn.socket.recv().await {
+                reply |= matches!(message, WsMessage::Close(_));
+            }
+            let _ = answered_sender.send(reply).await;
+        }
+    })
+    .await;
+    let (connection, mut items) = subscribe_repos(&server.ws(PATH), None, fast_config()).unwrap();
+    assert_eq!(
+        take(&mut items, 2).await,
+        [Seen::Connected(None), Seen::Commit(1)]
+    );
+    match next(&mut items).await {
+        StreamItem::Disconnected {
+            reason: DisconnectReason::Closed { code, reason },
+            cursor,
+            ..
+        } => {
+            assert_eq!(code, Some(4000));
+            assert_eq!(reason, "going away for the test");
+            assert_eq!(cursor, Some(1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        tokio::time::timeout(WAIT, answered.recv()).await.unwrap(),
+        Some(true),
+        "the client answered the close frame"
+    );
+    assert_eq!(take(&mut items, 1).await, [Seen::Connected(Some(1))]);
     connection.close().await;
 }
 
@@ -467,6 +518,15 @@ async fn loopback_is_refused_without_allow_private_network() {
 
     let error = subscribe_repos("ftp://example.com/", None, StreamConfig::default()).unwrap_err();
     assert!(error.to_string().contains("scheme"), "{error}");
+}
+
+#[tokio::test]
+async fn an_unusable_user_agent_fails_at_once() {
+    let mut config = fast_config();
+    config.network.user_agent = "butterfly\r\nx-injected: 1".to_owned();
+    let error = subscribe_repos("ws://127.0.0.1:9/", None, config).unwrap_err();
+    assert!(matches!(error, Error::Handshake { .. }), "{error:?}");
+    assert!(error.to_string().contains("user agent"), "{error}");
 }
 
 #[tokio::test]
