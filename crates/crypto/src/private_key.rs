@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::algorithm::Algorithm;
 use crate::public_key::PublicKey;
-use crate::signature::SIGNATURE_LEN;
+use crate::signature::{secp256k1_context, sha256, SIGNATURE_LEN};
 
 /// Why private key bytes were rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -27,8 +27,9 @@ pub enum PrivateKeyError {
 /// A P-256 or K-256 private key that makes atproto signatures.
 ///
 /// Signing is deterministic (RFC 6979, with SHA-256) and always yields low-S compact signatures,
-/// so the same key and message give the same 64 bytes. `Debug` never shows the secret; the
-/// RustCrypto key types zero it on drop.
+/// so the same key and message give the same 64 bytes. K-256 keys sign with libsecp256k1, more than
+/// twice as fast as the pure Rust signer and byte for byte the same; P-256 keys sign with
+/// RustCrypto. `Debug` never shows the secret, and it is overwritten when the key is dropped.
 #[derive(Clone)]
 pub struct PrivateKey {
     inner: PrivateInner,
@@ -37,8 +38,18 @@ pub struct PrivateKey {
 
 #[derive(Clone)]
 enum PrivateInner {
-    K256(k256::ecdsa::SigningKey),
+    K256(K256Secret),
     P256(p256::ecdsa::SigningKey),
+}
+
+/// A libsecp256k1 secret key, overwritten on drop (the type itself is `Copy`, so it cannot be).
+#[derive(Clone)]
+struct K256Secret(secp256k1::SecretKey);
+
+impl Drop for K256Secret {
+    fn drop(&mut self) {
+        self.0.non_secure_erase();
+    }
 }
 
 impl PrivateKey {
@@ -54,10 +65,11 @@ impl PrivateKey {
         let out_of_range = PrivateKeyError::OutOfRange { algorithm };
         let (inner, sec1) = match algorithm {
             Algorithm::K256 => {
-                let key =
-                    k256::ecdsa::SigningKey::from_bytes(bytes.into()).map_err(|_| out_of_range)?;
-                let sec1 = key.verifying_key().to_encoded_point(true);
-                (PrivateInner::K256(key), sec1.as_bytes().to_vec())
+                let key = secp256k1::SecretKey::from_byte_array(bytes).map_err(|_| out_of_range)?;
+                // The uncompressed form spares the parser below a square root.
+                let sec1 = secp256k1::PublicKey::from_secret_key(secp256k1_context(), &key)
+                    .serialize_uncompressed();
+                (PrivateInner::K256(K256Secret(key)), sec1.to_vec())
             }
             Algorithm::P256 => {
                 let key =
@@ -85,7 +97,7 @@ impl PrivateKey {
     /// The 32 big-endian scalar bytes, for storing the key. Handle them as a secret.
     pub fn to_bytes(&self) -> [u8; 32] {
         match &self.inner {
-            PrivateInner::K256(key) => key.to_bytes().into(),
+            PrivateInner::K256(key) => key.0.secret_bytes(),
             PrivateInner::P256(key) => key.to_bytes().into(),
         }
     }
@@ -93,16 +105,12 @@ impl PrivateKey {
     /// Signs `message` (hashed with SHA-256) and returns the compact `r || s` signature, with
     /// `s` normalised to the low half of the curve order as atproto requires.
     pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
-        use k256::ecdsa::signature::Signer;
+        use p256::ecdsa::signature::Signer;
         match &self.inner {
-            PrivateInner::K256(key) => {
-                let signature: k256::ecdsa::Signature = key.sign(message);
-                signature
-                    .normalize_s()
-                    .unwrap_or(signature)
-                    .to_bytes()
-                    .into()
-            }
+            // libsecp256k1 uses RFC 6979 nonces and always returns low-S.
+            PrivateInner::K256(key) => secp256k1_context()
+                .sign_ecdsa(&secp256k1::Message::from_digest(sha256(message)), &key.0)
+                .serialize_compact(),
             PrivateInner::P256(key) => {
                 let signature: p256::ecdsa::Signature = key.sign(message);
                 signature
@@ -194,6 +202,29 @@ mod tests {
             }
             assert_eq!(key.public_key().verify(message, &signature), Ok(()));
             assert_eq!(key.public_key().verify_digest(&digest, &signature), Ok(()));
+        }
+    }
+
+    #[test]
+    fn k256_signatures_match_the_rust_crypto_signer() {
+        use k256::ecdsa::signature::Signer;
+        for seed in 1u8..=40 {
+            let bytes = [seed; 32];
+            let key = PrivateKey::from_bytes(Algorithm::K256, &bytes).expect("valid scalar");
+            let reference = k256::ecdsa::SigningKey::from_bytes(&bytes.into()).expect("valid");
+            let reference_public = reference.verifying_key().to_encoded_point(true);
+            assert_eq!(
+                key.public_key(),
+                &PublicKey::from_sec1_bytes(Algorithm::K256, reference_public.as_bytes())
+                    .expect("valid point")
+            );
+            assert_eq!(key.to_bytes(), bytes);
+            for message in [&b""[..], b"butterfly commit", &[seed; 300]] {
+                let expected: k256::ecdsa::Signature = reference.sign(message);
+                let expected: [u8; SIGNATURE_LEN] =
+                    expected.normalize_s().unwrap_or(expected).to_bytes().into();
+                assert_eq!(key.sign(message), expected, "seed {seed}");
+            }
         }
     }
 

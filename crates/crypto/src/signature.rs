@@ -190,10 +190,10 @@ fn verify_ring(
         })
 }
 
-/// One verification-only libsecp256k1 context for the process, built on first use.
-fn secp256k1_context() -> &'static secp256k1::Secp256k1<secp256k1::VerifyOnly> {
-    static CONTEXT: OnceLock<secp256k1::Secp256k1<secp256k1::VerifyOnly>> = OnceLock::new();
-    CONTEXT.get_or_init(secp256k1::Secp256k1::verification_only)
+/// One libsecp256k1 context for the process (signing and verification), built on first use.
+pub(crate) fn secp256k1_context() -> &'static secp256k1::Secp256k1<secp256k1::All> {
+    static CONTEXT: OnceLock<secp256k1::Secp256k1<secp256k1::All>> = OnceLock::new();
+    CONTEXT.get_or_init(secp256k1::Secp256k1::new)
 }
 
 pub(crate) fn sha256(message: &[u8]) -> [u8; 32] {

@@ -20,14 +20,13 @@
 //!
 //! Cost: each repo keeps its MST nodes (not its records) and drops unreachable ones whenever their
 //! count doubles, so memory follows the live repos, not the history (about 2.5 KiB a repo). Signing
-//! dominates the time; it runs on a second thread, with libsecp256k1 for K-256 keys (see `signer`).
+//! dominates the time; it runs on a second thread (`PrivateKey::sign` uses libsecp256k1 for K-256).
 //! The output never depends on the thread count.
 
-use crate::records::{fake_did, format_datetime, record, RecordKind};
-use crate::repo::Error;
+use crate::records::{format_datetime, record, RecordKind};
+use crate::repo::{did_document_json, new_did, new_key, Error};
 use crate::rng::Rng;
-use crate::signer::{CommitSigner, Signer};
-use butterfly_crypto::{Algorithm, PrivateKey, PrivateKeyError, PublicKey};
+use butterfly_crypto::{Algorithm, PrivateKey, PublicKey};
 use butterfly_data::{cid_for_cbor, Cid};
 use butterfly_firehose::message::{
     encode_frame, AccountEvent, CommitEvent, Frame, IdentityEvent, Message, SyncEvent,
@@ -94,23 +93,23 @@ pub struct SimIdentity {
     pub handle: Handle,
     /// The public half of the repo signing key, as the DID document lists it.
     pub public_key: PublicKey,
-    signer: Signer,
+    key: PrivateKey,
 }
 
 impl SimIdentity {
     /// The repo signing key (derived from the seed; not a secret), to sign more commits for this repo.
-    pub fn private_key(&self) -> Result<PrivateKey, PrivateKeyError> {
-        crate::signer::private_key(&self.signer)
+    pub fn private_key(&self) -> &PrivateKey {
+        &self.key
     }
 
     /// The DID document as a PLC directory serves it (Multikey form), with the PDS endpoint set to
     /// [`PDS_PLACEHOLDER`].
     pub fn did_document_json(&self) -> String {
-        format!(
-            r##"{{"@context":["https://www.w3.org/ns/did/v1","https://w3id.org/security/multikey/v1","https://w3id.org/security/suites/secp256k1-2019/v1"],"id":"{did}","alsoKnownAs":["at://{handle}"],"verificationMethod":[{{"id":"{did}#atproto","type":"Multikey","controller":"{did}","publicKeyMultibase":"{key}"}}],"service":[{{"id":"#atproto_pds","type":"AtprotoPersonalDataServer","serviceEndpoint":"{PDS_PLACEHOLDER}"}}]}}"##,
-            did = self.did,
-            handle = self.handle,
-            key = self.public_key.to_multikey(),
+        did_document_json(
+            &self.did,
+            self.handle.as_str(),
+            &self.public_key,
+            PDS_PLACEHOLDER,
         )
     }
 }
@@ -160,13 +159,6 @@ pub struct GeneratedFirehose {
     pub summary: FirehoseSummary,
 }
 
-/// Whether an account is served, as `#account` last said.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Status {
-    Active,
-    Inactive(&'static str),
-}
-
 /// A repo's state between commits: its MST nodes, head and records (kind and key timestamp, enough to
 /// rebuild a path for a delete).
 struct RepoState {
@@ -175,11 +167,12 @@ struct RepoState {
     /// Node count after the last clean-up; the next one happens when the map doubles.
     live_nodes: usize,
     data: Cid,
-    /// The latest commit's revision; `None` until the first commit.
+    /// The latest commit's revision; `None` until the first commit (which creates the profile).
     rev: Option<Tid>,
+    /// Every record but the profile, which is never deleted.
     records: Vec<(RecordKind, u64)>,
-    has_profile: bool,
-    status: Status,
+    /// Whether the account is served, as `#account` last said.
+    active: bool,
 }
 
 fn record_path(kind: RecordKind, micros: u64, clock_id: u16) -> String {
@@ -190,32 +183,16 @@ fn record_path(kind: RecordKind, micros: u64, clock_id: u16) -> String {
     )
 }
 
-/// The kinds created by a commit, in the proportions of the live network.
-fn created_kind(rng: &mut Rng) -> RecordKind {
-    match rng.below(100) {
-        0..=44 => RecordKind::Like,
-        45..=69 => RecordKind::Post,
-        70..=79 => RecordKind::Repost,
-        80..=98 => RecordKind::Follow,
-        _ => RecordKind::Block,
-    }
-}
-
 /// Derives account `index`: its DID, handle, key (5% P-256, the rest K-256) and TID clock id.
-fn make_identity(signer: &CommitSigner, seed: u64, index: u64) -> (SimIdentity, u16) {
+fn make_identity(seed: u64, index: u64) -> (SimIdentity, u16) {
     let mut rng = Rng::for_item(seed, 3, index);
-    let algorithm = if rng.below(100) < 5 {
+    let algorithm = if rng.chance(5) {
         Algorithm::P256
     } else {
         Algorithm::K256
     };
-    let (signer, public_key) = loop {
-        if let Some(key) = signer.key(algorithm, &rng.bytes::<32>()) {
-            break key;
-        }
-    };
-    #[allow(clippy::expect_used)]
-    let did = Did::parse(&fake_did(&mut rng)).expect("24 base32 characters make a did:plc");
+    let key = new_key(&mut rng, algorithm);
+    let did = new_did(&mut rng);
     #[allow(clippy::expect_used)]
     let handle = Handle::parse(&format!("user{index}.sim.test"))
         .expect("user<digits>.sim.test is a valid handle");
@@ -224,8 +201,8 @@ fn make_identity(signer: &CommitSigner, seed: u64, index: u64) -> (SimIdentity, 
         SimIdentity {
             did,
             handle,
-            public_key,
-            signer,
+            public_key: key.public_key().clone(),
+            key,
         },
         clock_id,
     )
@@ -244,18 +221,12 @@ fn pick_repo(rng: &mut Rng, n: u64) -> usize {
 
 /// Derives every account, on several threads when there are many (each is a pure function of the
 /// seed and its index, so the result does not depend on the thread count).
-fn derive_identities(
-    signer: &CommitSigner,
-    seed: u64,
-    n: u64,
-) -> Result<Vec<(SimIdentity, u16)>, Error> {
+fn derive_identities(seed: u64, n: u64) -> Result<Vec<(SimIdentity, u16)>, Error> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8) as u64;
     if n < 2048 || threads == 1 {
-        return Ok((0..n)
-            .map(|index| make_identity(signer, seed, index))
-            .collect());
+        return Ok((0..n).map(|index| make_identity(seed, index)).collect());
     }
     let chunk = n.div_ceil(threads);
     std::thread::scope(|scope| {
@@ -264,7 +235,7 @@ fn derive_identities(
                 let range = (t * chunk).min(n)..((t + 1) * chunk).min(n);
                 scope.spawn(move || {
                     range
-                        .map(|index| make_identity(signer, seed, index))
+                        .map(|index| make_identity(seed, index))
                         .collect::<Vec<_>>()
                 })
             })
@@ -290,7 +261,6 @@ pub fn generate_firehose<W: Write + Send>(
     spec: &FirehoseSpec,
     out: W,
 ) -> Result<GeneratedFirehose, Error> {
-    let signer = CommitSigner::new();
     let empty = NodeData {
         left: None,
         entries: Vec::new(),
@@ -299,7 +269,7 @@ pub fn generate_firehose<W: Write + Send>(
     let empty_root = cid_for_cbor(&empty_bytes);
     let mut identities = Vec::with_capacity(spec.repos as usize);
     let mut repos = Vec::with_capacity(spec.repos as usize);
-    for (identity, clock_id) in derive_identities(&signer, spec.seed, spec.repos)? {
+    for (identity, clock_id) in derive_identities(spec.seed, spec.repos)? {
         identities.push(identity);
         repos.push(RepoState {
             clock_id,
@@ -308,8 +278,7 @@ pub fn generate_firehose<W: Write + Send>(
             data: empty_root,
             rev: None,
             records: Vec::new(),
-            has_profile: false,
-            status: Status::Active,
+            active: true,
         });
     }
     let mut summary = FirehoseSummary {
@@ -324,8 +293,7 @@ pub fn generate_firehose<W: Write + Send>(
     let (planned, written) = std::thread::scope(|scope| {
         let (sender, receiver) = std::sync::mpsc::sync_channel(1024);
         let identities = &identities;
-        let signer = &signer;
-        let writer = scope.spawn(move || write_frames(receiver, identities, signer, out));
+        let writer = scope.spawn(move || write_frames(receiver, identities, out));
         let planned = planner.run(&mut repos, &mut summary, sender);
         let written = writer
             .join()
@@ -373,7 +341,6 @@ struct PendingCommit {
 fn write_frames<W: Write>(
     receiver: std::sync::mpsc::Receiver<Pending>,
     identities: &[SimIdentity],
-    signer: &CommitSigner,
     out: W,
 ) -> Result<u64, Error> {
     let mut writer = FrameLogWriter::new(std::io::BufWriter::with_capacity(1 << 20, out));
@@ -410,7 +377,7 @@ fn write_frames<W: Write>(
                     time,
                     blocks,
                 } = *pending;
-                let (commit, commit_bytes) = signer.sign(&identities[repo].signer, &unsigned);
+                let (commit, commit_bytes) = unsigned.sign(&identities[repo].key);
                 let car = write_car_to_vec(
                     &[commit],
                     std::iter::once((&commit, commit_bytes.as_slice()))
@@ -480,30 +447,24 @@ impl Planner<'_> {
                     time,
                     handle: Some(identity.handle.clone()),
                 })))
-            } else if roll < account_limit || repo.status != Status::Active {
+            } else if roll < account_limit || !repo.active {
                 // An inactive account picked for anything else comes back: deactivations are
                 // spells.
-                let (active, status) = match repo.status {
-                    Status::Active => {
-                        let status = match rng.below(100) {
-                            0..=84 => "deactivated",
-                            85..=94 => "takendown",
-                            _ => "suspended",
-                        };
-                        repo.status = Status::Inactive(status);
-                        (false, Some(status.to_owned()))
+                repo.active = !repo.active;
+                let status = (!repo.active).then(|| {
+                    match rng.below(100) {
+                        0..=84 => "deactivated",
+                        85..=94 => "takendown",
+                        _ => "suspended",
                     }
-                    Status::Inactive(_) => {
-                        repo.status = Status::Active;
-                        (true, None)
-                    }
-                };
+                    .to_owned()
+                });
                 summary.accounts += 1;
                 Pending::Ready(Box::new(Message::Account(AccountEvent {
                     seq,
                     did: identity.did.clone(),
                     time,
-                    active,
+                    active: repo.active,
                     status,
                 })))
             } else if let (true, Some(rev)) = (roll < sync_limit, &repo.rev) {
@@ -540,13 +501,12 @@ impl Planner<'_> {
         now: u64,
         time: String,
     ) -> Result<PendingCommit, Error> {
-        if repo.rev.is_none() && repo.nodes.is_empty() {
-            repo.nodes.insert(repo.data, self.empty_bytes.to_vec());
-        }
         // Plan: a new repo creates its profile and perhaps follows a few accounts; later commits mostly
         // create one record, sometimes update the profile or delete an earlier record.
         let mut planned = Vec::new();
-        if !repo.has_profile {
+        if repo.rev.is_none() {
+            // The empty tree the first commit edits.
+            repo.nodes.insert(repo.data, self.empty_bytes.to_vec());
             planned.push(PlannedOp::UpdateProfile);
             for _ in 0..rng.below(3) {
                 planned.push(PlannedOp::Create(RecordKind::Follow));
@@ -574,7 +534,7 @@ impl Planner<'_> {
                     let (kind, micros) = repo.records[position];
                     planned.push(PlannedOp::Delete(kind, micros));
                 } else {
-                    planned.push(PlannedOp::Create(created_kind(rng)));
+                    planned.push(PlannedOp::Create(RecordKind::pick_created(rng)));
                 }
             }
             let mut positions: Vec<usize> = deleted.into_iter().collect();
@@ -615,7 +575,6 @@ impl Planner<'_> {
                         },
                         None => RepoOp::Create { path, cid },
                     });
-                    repo.has_profile = true;
                 }
                 PlannedOp::Delete(kind, micros) => {
                     let path = record_path(kind, micros, repo.clock_id);
@@ -772,7 +731,7 @@ mod tests {
                 "https://pds.sim.invalid/"
             );
             let key = parsed.signing_key().unwrap().unwrap();
-            assert_eq!(&key, identity.private_key().unwrap().public_key());
+            assert_eq!(&key, identity.private_key().public_key());
             keys.insert(identity.did.clone(), key);
         }
 
@@ -926,8 +885,7 @@ mod tests {
 
     #[test]
     fn keys_are_mostly_k256() {
-        let signer = CommitSigner::new();
-        let identities: Vec<_> = (0..400).map(|i| make_identity(&signer, 1, i).0).collect();
+        let identities: Vec<_> = (0..400).map(|i| make_identity(1, i).0).collect();
         let k256 = identities
             .iter()
             .filter(|i| i.public_key.algorithm() == Algorithm::K256)

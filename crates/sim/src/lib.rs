@@ -26,7 +26,6 @@ pub mod firehose;
 mod records;
 mod repo;
 mod rng;
-mod signer;
 
 pub use records::{format_datetime, record, RecordKind};
 pub use repo::{generate_repo, Error, GeneratedRepo, RepoSpec};

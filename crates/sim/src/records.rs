@@ -113,6 +113,18 @@ impl RecordKind {
             RecordKind::Block => "app.bsky.graph.block",
         }
     }
+
+    /// The kind of a newly created record, in the proportions of the live network: mostly likes,
+    /// then posts, follows, reposts and a few blocks.
+    pub(crate) fn pick_created(rng: &mut Rng) -> RecordKind {
+        match rng.below(100) {
+            0..=44 => RecordKind::Like,
+            45..=69 => RecordKind::Post,
+            70..=79 => RecordKind::Repost,
+            80..=98 => RecordKind::Follow,
+            _ => RecordKind::Block,
+        }
+    }
 }
 
 /// Formats microseconds since the Unix epoch as an atproto datetime (`YYYY-MM-DDTHH:MM:SS.mmmZ`).

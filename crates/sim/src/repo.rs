@@ -2,7 +2,7 @@
 
 use crate::records::{fake_did, record, RecordKind};
 use crate::rng::Rng;
-use butterfly_crypto::{Algorithm, PrivateKey};
+use butterfly_crypto::{Algorithm, PrivateKey, PublicKey};
 use butterfly_data::{cid_for_cbor, Cid};
 use butterfly_repo::car::CarWriter;
 use butterfly_repo::commit::UnsignedCommit;
@@ -48,13 +48,42 @@ impl GeneratedRepo {
     /// A DID document for the repo, as a PLC directory would serve it, so that the CAR can be checked
     /// offline (`butterfly car inspect --did-doc`).
     pub fn did_document_json(&self) -> String {
-        format!(
-            r##"{{"@context":["https://www.w3.org/ns/did/v1","https://w3id.org/security/multikey/v1","https://w3id.org/security/suites/secp256k1-2019/v1"],"id":"{did}","alsoKnownAs":["at://sim-{suffix}.test"],"verificationMethod":[{{"id":"{did}#atproto","type":"Multikey","controller":"{did}","publicKeyMultibase":"{key}"}}],"service":[{{"id":"#atproto_pds","type":"AtprotoPersonalDataServer","serviceEndpoint":"https://pds.invalid"}}]}}"##,
-            did = self.did,
-            suffix = &self.did.as_str()[8..16],
-            key = self.key.public_key().to_multikey(),
+        let handle = format!("sim-{}.test", &self.did.as_str()[8..16]);
+        did_document_json(
+            &self.did,
+            &handle,
+            self.key.public_key(),
+            "https://pds.invalid",
         )
     }
+}
+
+/// A DID document as a PLC directory serves it: one `Multikey` verification method, `@context`
+/// naming the key's curve suite, one PDS service.
+pub(crate) fn did_document_json(did: &Did, handle: &str, key: &PublicKey, pds: &str) -> String {
+    let suite = match key.algorithm() {
+        Algorithm::K256 => "secp256k1-2019",
+        Algorithm::P256 => "ecdsa-2019",
+    };
+    format!(
+        r##"{{"@context":["https://www.w3.org/ns/did/v1","https://w3id.org/security/multikey/v1","https://w3id.org/security/suites/{suite}/v1"],"id":"{did}","alsoKnownAs":["at://{handle}"],"verificationMethod":[{{"id":"{did}#atproto","type":"Multikey","controller":"{did}","publicKeyMultibase":"{key}"}}],"service":[{{"id":"#atproto_pds","type":"AtprotoPersonalDataServer","serviceEndpoint":"{pds}"}}]}}"##,
+        key = key.to_multikey(),
+    )
+}
+
+/// A signing key on `algorithm`, drawing 32 bytes from `rng` until they make a valid scalar.
+pub(crate) fn new_key(rng: &mut Rng, algorithm: Algorithm) -> PrivateKey {
+    loop {
+        if let Ok(key) = PrivateKey::from_bytes(algorithm, &rng.bytes::<32>()) {
+            return key;
+        }
+    }
+}
+
+/// A synthetic `did:plc`, registered nowhere.
+pub(crate) fn new_did(rng: &mut Rng) -> Did {
+    #[allow(clippy::expect_used)]
+    Did::parse(&fake_did(rng)).expect("24 base32 characters make a did:plc")
 }
 
 /// Why a repo could not be generated.
@@ -89,13 +118,7 @@ fn record_slot(seed: u64, clock_id: u16, index: u64) -> (RecordKind, String, u64
             micros,
         );
     }
-    let kind = match rng.below(100) {
-        0..=44 => RecordKind::Like,
-        45..=69 => RecordKind::Post,
-        70..=79 => RecordKind::Repost,
-        80..=98 => RecordKind::Follow,
-        _ => RecordKind::Block,
-    };
+    let kind = RecordKind::pick_created(&mut rng);
     let tid = Tid::from_parts(micros, clock_id);
     (kind, format!("{}/{tid}", kind.collection()), micros)
 }
@@ -111,13 +134,8 @@ fn record_bytes(seed: u64, clock_id: u16, index: u64) -> (String, Vec<u8>) {
 /// check a repo as it streams.
 pub fn generate_repo<W: Write>(spec: &RepoSpec, out: W) -> Result<GeneratedRepo, Error> {
     let mut rng = Rng::new(spec.seed);
-    let key = loop {
-        if let Ok(key) = PrivateKey::from_bytes(Algorithm::K256, &rng.bytes::<32>()) {
-            break key;
-        }
-    };
-    #[allow(clippy::expect_used)]
-    let did = Did::parse(&fake_did(&mut rng)).expect("24 base32 characters make a did:plc");
+    let key = new_key(&mut rng, Algorithm::K256);
+    let did = new_did(&mut rng);
     let clock_id = rng.below(1024) as u16;
 
     // Keys and CIDs only; record bytes are regenerated while writing.
