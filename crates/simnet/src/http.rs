@@ -1,7 +1,7 @@
 //! The HTTP side: XRPC queries answered from the repos at the head, the PLC directory, stats, and the
 //! rate-limit fault.
 
-use crate::repos::Unavailable;
+use crate::repos::{RepoState, Repos, Unavailable};
 use crate::{bump, Shared};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -146,7 +146,7 @@ async fn xrpc(
     Path(method): Path<String>,
     Query(params): Params,
 ) -> Response {
-    match method.as_str() {
+    let answer = match method.as_str() {
         "com.atproto.sync.getRepo" => get_repo(&shared, &params),
         "com.atproto.sync.getLatestCommit" => get_latest_commit(&shared, &params),
         "com.atproto.sync.getRepoStatus" => get_repo_status(&shared, &params),
@@ -154,19 +154,29 @@ async fn xrpc(
         "com.atproto.sync.listReposByCollection" => list_repos_by_collection(&shared, &params),
         "com.atproto.repo.describeRepo" => describe_repo(&shared, &params),
         "com.atproto.identity.resolveHandle" => resolve_handle(&shared, &params),
-        _ => error(
+        _ => Err(error(
             StatusCode::NOT_IMPLEMENTED,
             "MethodNotImplemented",
             "Method Not Implemented",
-        ),
-    }
+        )),
+    };
+    answer.unwrap_or_else(|response| response)
+}
+
+/// What a query handler gives: the answer, or the XRPC error to send instead.
+type Answer = Result<Response, Response>;
+
+/// A required string parameter.
+fn required<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Response> {
+    params
+        .get(name)
+        .map(String::as_str)
+        .ok_or_else(|| invalid(format!("Error: Params must have the property \"{name}\"")))
 }
 
 /// A required `did` parameter, checked.
 fn did_param<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Response> {
-    let text = params
-        .get(name)
-        .ok_or_else(|| invalid(format!("Error: Params must have the property \"{name}\"")))?;
+    let text = required(params, name)?;
     butterfly_syntax::Did::parse(text)
         .map_err(|e| invalid(format!("Error: {name} must be a valid did: {e}")))?;
     Ok(text)
@@ -189,73 +199,78 @@ fn limit_param(
     }
 }
 
-fn get_repo(shared: &Shared, params: &HashMap<String, String>) -> Response {
-    let did = match did_param(params, "did") {
-        Ok(did) => did,
-        Err(response) => return response,
-    };
-    match shared.repos().export_car(did) {
-        Ok(car) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/vnd.ipld.car"),
-            )],
-            car,
-        )
-            .into_response(),
-        Err(why) => unavailable(did, why),
-    }
+fn get_repo(shared: &Shared, params: &HashMap<String, String>) -> Answer {
+    let did = did_param(params, "did")?;
+    let car = shared
+        .repos()
+        .export_car(did)
+        .map_err(|why| unavailable(did, why))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.ipld.car"),
+        )],
+        car,
+    )
+        .into_response())
 }
 
-fn get_latest_commit(shared: &Shared, params: &HashMap<String, String>) -> Response {
-    let did = match did_param(params, "did") {
-        Ok(did) => did,
-        Err(response) => return response,
-    };
+fn get_latest_commit(shared: &Shared, params: &HashMap<String, String>) -> Answer {
+    let did = did_param(params, "did")?;
     let repos = shared.repos();
-    match repos.available(did) {
-        Ok((_, head)) => {
-            Json(json!({"cid": head.commit.to_string(), "rev": head.rev})).into_response()
-        }
-        Err(why) => unavailable(did, why),
-    }
+    let (_, head) = repos.available(did).map_err(|why| unavailable(did, why))?;
+    Ok(Json(json!({"cid": head.commit.to_string(), "rev": head.rev})).into_response())
 }
 
-fn get_repo_status(shared: &Shared, params: &HashMap<String, String>) -> Response {
-    let did = match did_param(params, "did") {
-        Ok(did) => did,
-        Err(response) => return response,
-    };
+fn get_repo_status(shared: &Shared, params: &HashMap<String, String>) -> Answer {
+    let did = did_param(params, "did")?;
     let repos = shared.repos();
-    let Some(repo) = repos.by_did.get(did).filter(|repo| repo.head.is_some()) else {
-        return unavailable(did, Unavailable::NotFound);
+    let Some((repo, head)) = repos
+        .by_did
+        .get(did)
+        .and_then(|repo| Some((repo, repo.head.as_ref()?)))
+    else {
+        return Err(unavailable(did, Unavailable::NotFound));
     };
     let mut body = json!({"did": did, "active": repo.active});
     if let Some(status) = &repo.status {
         body["status"] = json!(status);
     }
-    if let (true, Some(head)) = (repo.active, &repo.head) {
+    if repo.active {
         body["rev"] = json!(head.rev);
     }
-    Json(body).into_response()
+    Ok(Json(body).into_response())
 }
 
-fn list_repos(shared: &Shared, params: &HashMap<String, String>) -> Response {
-    let limit = match limit_param(params, 500, 1000) {
-        Ok(limit) => limit,
-        Err(response) => return response,
-    };
+/// One page of `repos` in DID order, after the `cursor` parameter: at most `limit` entries made by
+/// `entry`, which skips a repo by returning `None`. Only a full page carries a cursor (its last
+/// DID): there may be more.
+fn page(
+    repos: &Repos,
+    params: &HashMap<String, String>,
+    limit: usize,
+    mut entry: impl FnMut(&str, &RepoState) -> Option<serde_json::Value>,
+) -> Response {
     let start = params
         .get("cursor")
         .map_or(Bound::Unbounded, |cursor| Bound::Excluded(cursor.as_str()));
-    let repos = shared.repos();
     let mut listed = Vec::new();
-    let mut last = None;
+    let mut body = json!({});
     for (did, repo) in repos.by_did.range::<str, _>((start, Bound::Unbounded)) {
-        let Some(head) = &repo.head else { continue };
+        listed.extend(entry(did, repo));
         if listed.len() == limit {
+            body["cursor"] = json!(did);
             break;
         }
+    }
+    body["repos"] = json!(listed);
+    Json(body).into_response()
+}
+
+fn list_repos(shared: &Shared, params: &HashMap<String, String>) -> Answer {
+    let limit = limit_param(params, 500, 1000)?;
+    Ok(page(&shared.repos(), params, limit, |did, repo| {
+        let head = repo.head.as_ref()?;
         let mut entry = json!({
             "did": did,
             "head": head.commit.to_string(),
@@ -265,95 +280,55 @@ fn list_repos(shared: &Shared, params: &HashMap<String, String>) -> Response {
         if let Some(status) = &repo.status {
             entry["status"] = json!(status);
         }
-        listed.push(entry);
-        last = Some(did.clone());
-    }
-    page(listed, limit, last)
+        Some(entry)
+    }))
 }
 
-/// A page of results: a cursor only when the page is full (there may be more).
-fn page(listed: Vec<serde_json::Value>, limit: usize, last: Option<String>) -> Response {
-    let mut body = json!({});
-    if listed.len() == limit {
-        if let Some(last) = last {
-            body["cursor"] = json!(last);
-        }
-    }
-    body["repos"] = json!(listed);
-    Json(body).into_response()
+fn list_repos_by_collection(shared: &Shared, params: &HashMap<String, String>) -> Answer {
+    let collection = required(params, "collection")?;
+    butterfly_syntax::Nsid::parse(collection)
+        .map_err(|e| invalid(format!("Error: collection must be a valid nsid: {e}")))?;
+    let limit = limit_param(params, 500, 2000)?;
+    Ok(page(&shared.repos(), params, limit, |did, repo| {
+        repo.collections
+            .contains_key(collection)
+            .then(|| json!({"did": did}))
+    }))
 }
 
-fn list_repos_by_collection(shared: &Shared, params: &HashMap<String, String>) -> Response {
-    let Some(collection) = params.get("collection") else {
-        return invalid("Error: Params must have the property \"collection\"");
-    };
-    if let Err(e) = butterfly_syntax::Nsid::parse(collection) {
-        return invalid(format!("Error: collection must be a valid nsid: {e}"));
-    }
-    let limit = match limit_param(params, 500, 2000) {
-        Ok(limit) => limit,
-        Err(response) => return response,
-    };
-    let start = params
-        .get("cursor")
-        .map_or(Bound::Unbounded, |cursor| Bound::Excluded(cursor.as_str()));
-    let repos = shared.repos();
-    let mut listed = Vec::new();
-    let mut last = None;
-    for (did, repo) in repos.by_did.range::<str, _>((start, Bound::Unbounded)) {
-        if !repo.collections.contains_key(collection.as_str()) {
-            continue;
-        }
-        if listed.len() == limit {
-            break;
-        }
-        listed.push(json!({"did": did}));
-        last = Some(did.clone());
-    }
-    page(listed, limit, last)
-}
-
-fn describe_repo(shared: &Shared, params: &HashMap<String, String>) -> Response {
-    let Some(repo_param) = params.get("repo") else {
-        return invalid("Error: Params must have the property \"repo\"");
-    };
+fn describe_repo(shared: &Shared, params: &HashMap<String, String>) -> Answer {
+    let repo_param = required(params, "repo")?;
     let did = if repo_param.starts_with("did:") {
-        repo_param.clone()
+        repo_param
     } else {
-        match shared
+        shared
             .directory
             .by_handle
             .get(&repo_param.to_ascii_lowercase())
-        {
-            Some(did) => did.clone(),
-            None => return unavailable(repo_param, Unavailable::NotFound),
-        }
+            .ok_or_else(|| unavailable(repo_param, Unavailable::NotFound))?
     };
     let repos = shared.repos();
-    let repo = match repos.available(&did) {
-        Ok((repo, _)) => repo,
-        Err(why) => return unavailable(&did, why),
-    };
-    let identity = shared.directory.by_did.get(&did);
+    let (repo, _) = repos.available(did).map_err(|why| unavailable(did, why))?;
+    let identity = shared.directory.by_did.get(did);
     let handle = identity
-        .and_then(|identity| identity.handle.clone())
-        .unwrap_or_else(|| "handle.invalid".into());
-    Json(json!({
+        .and_then(|identity| identity.handle.as_deref())
+        .unwrap_or("handle.invalid");
+    Ok(Json(json!({
         "handle": handle,
         "did": did,
-        "didDoc": identity.map_or(serde_json::Value::Null, |identity| identity.doc.clone()),
+        "didDoc": identity.map_or(&serde_json::Value::Null, |identity| &identity.doc),
         "collections": repo.collections.keys().collect::<Vec<_>>(),
         "handleIsCorrect": identity.is_some_and(|identity| identity.handle.is_some()),
     }))
-    .into_response()
+    .into_response())
 }
 
-fn resolve_handle(shared: &Shared, params: &HashMap<String, String>) -> Response {
-    let Some(handle) = params.get("handle") else {
-        return invalid("Error: Params must have the property \"handle\"");
-    };
-    match shared.directory.by_handle.get(&handle.to_ascii_lowercase()) {
-        Some(did) => Json(json!({"did": did})).into_response(),
-        None => invalid("Unable to resolve handle"),
-    }
+fn resolve_handle(shared: &Shared, params: &HashMap<String, String>) -> Answer {
+    let handle = required(params, "handle")?;
+    let did = shared
+        .directory
+        .by_handle
+        .get(&handle.to_ascii_lowercase())
+        .ok_or_else(|| invalid("Unable to resolve handle"))?;
+    Ok(Json(json!({"did": did})).into_response())
 }

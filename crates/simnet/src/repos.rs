@@ -11,7 +11,8 @@ use butterfly_repo::car::{CarReader, CarWriter};
 use butterfly_repo::commit::Commit;
 use butterfly_repo::mst::{self, NodeData, WalkItem};
 use butterfly_repo::proof::RepoOp;
-use butterfly_repo::{BlockMap, BlockSource, RecordingSource};
+use butterfly_repo::{BlockMap, RecordingSource};
+use butterfly_syntax::Tid;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// One account of the DID documents file.
@@ -106,6 +107,34 @@ impl RepoState {
             collections: BTreeMap::new(),
         }
     }
+
+    /// Adds the blocks of a message's CAR; returns the CAR's first root.
+    fn add_blocks(&mut self, car: &[u8]) -> Result<Option<Cid>, String> {
+        let reader = CarReader::new(car).map_err(|e| e.to_string())?;
+        let root = reader.header().roots.first().copied();
+        for block in reader {
+            let block = block.map_err(|e| e.to_string())?;
+            self.blocks.insert(block.cid, block.data);
+        }
+        Ok(root)
+    }
+
+    /// Makes `commit`, a block the repo holds, its head.
+    fn set_head(&mut self, commit: Cid, rev: &Tid) -> Result<(), String> {
+        let bytes = self
+            .blocks
+            .get(&commit)
+            .ok_or_else(|| format!("commit {commit} is not in its CAR"))?;
+        let data = Commit::decode(&commit, bytes)
+            .map_err(|e| e.to_string())?
+            .data;
+        self.head = Some(Head {
+            commit,
+            rev: rev.as_str().to_owned(),
+            data,
+        });
+        Ok(())
+    }
 }
 
 /// Why a repo cannot be served.
@@ -135,16 +164,8 @@ impl Repos {
         match message {
             Message::Commit(event) => {
                 let repo = self.entry(event.repo.as_str());
-                let reader = CarReader::new(event.blocks.as_slice()).map_err(|e| e.to_string())?;
-                for block in reader {
-                    let block = block.map_err(|e| e.to_string())?;
-                    repo.blocks.insert(block.cid, block.data);
-                }
-                let bytes = repo
-                    .blocks
-                    .get(&event.commit)
-                    .ok_or_else(|| format!("commit {} is not in its slice", event.commit))?;
-                let commit = Commit::decode(&event.commit, bytes).map_err(|e| e.to_string())?;
+                repo.add_blocks(&event.blocks)?;
+                repo.set_head(event.commit, &event.rev)?;
                 for op in &event.ops {
                     let collection = op.path().split('/').next().unwrap_or_default();
                     match op {
@@ -162,35 +183,14 @@ impl Repos {
                         RepoOp::Update { .. } => {}
                     }
                 }
-                repo.head = Some(Head {
-                    commit: event.commit,
-                    rev: event.rev.as_str().to_owned(),
-                    data: commit.data,
-                });
                 prune(repo)?;
             }
             Message::Sync(event) => {
                 let repo = self.entry(event.did.as_str());
-                let reader = CarReader::new(event.blocks.as_slice()).map_err(|e| e.to_string())?;
-                let root = *reader
-                    .header()
-                    .roots
-                    .first()
+                let root = repo
+                    .add_blocks(&event.blocks)?
                     .ok_or("a #sync CAR without a root")?;
-                for block in reader {
-                    let block = block.map_err(|e| e.to_string())?;
-                    repo.blocks.insert(block.cid, block.data);
-                }
-                let bytes = repo
-                    .blocks
-                    .get(&root)
-                    .ok_or_else(|| format!("#sync commit {root} is not in its CAR"))?;
-                let commit = Commit::decode(&root, bytes).map_err(|e| e.to_string())?;
-                repo.head = Some(Head {
-                    commit: root,
-                    rev: event.rev.as_str().to_owned(),
-                    data: commit.data,
-                });
+                repo.set_head(root, &event.rev)?;
             }
             Message::Account(event) => {
                 let repo = self.entry(event.did.as_str());
@@ -276,14 +276,14 @@ fn prune(repo: &mut RepoState) -> Result<(), String> {
     if repo.blocks.len() <= 2 * repo.live + 64 {
         return Ok(());
     }
-    let Some(head) = repo.head.clone() else {
+    let Some(Head { commit, data, .. }) = repo.head else {
         return Ok(());
     };
     let mut keep = HashSet::new();
-    keep.insert(head.commit);
+    keep.insert(commit);
     let mut recorder = RecordingSource::new(&mut repo.blocks);
     let mut records = Vec::new();
-    for item in mst::walk(head.data, &mut recorder as &mut dyn BlockSource) {
+    for item in mst::walk(data, &mut recorder) {
         match item.map_err(|e| e.to_string())? {
             WalkItem::Record { cid, .. } => records.push(cid),
             // Keep what there is; getRepo reports the gap.

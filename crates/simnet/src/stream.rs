@@ -33,7 +33,7 @@ pub(crate) async fn connection(shared: Arc<Shared>, socket: WebSocket, cursor: O
                 return;
             }
             let first_seq = shared.log.entries.first().map_or(1, |e| e.seq);
-            if cursor < first_seq - 1 {
+            if cursor < first_seq.saturating_sub(1) {
                 // As the reference relay does when the cursor is older than what it keeps.
                 let info = encode_frame(&Frame::Message(butterfly_firehose::Message::Info(
                     InfoEvent {
