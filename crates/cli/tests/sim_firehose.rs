@@ -1,6 +1,8 @@
 //! End-to-end tests of `butterfly sim firehose` and `butterfly sim serve`, run in a temporary folder.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use butterfly_firehose::message::{decode_frame, Frame, Message};
 use butterfly_firehose::FrameLogReader;
 use butterfly_repo::car::CarReader;
@@ -9,10 +11,9 @@ use butterfly_repo::proof::{invert_ops, Inversion};
 use butterfly_repo::BlockMap;
 use serde_json::Value as Json;
 use std::collections::HashMap;
-use std::io::{BufRead, Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
+use support::{http_get, Running};
 
 fn butterfly(dir: &Path, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_butterfly"))
@@ -112,69 +113,26 @@ fn sim_firehose_writes_verifiable_deterministic_traffic() {
     assert_eq!(frames["#commit"], n_commits);
 }
 
-/// Stops the child on every path out of the test.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `GET path` with one HTTP/1.1 request on its own connection; returns the status and body.
-fn http_get(addr: &str, path: &str) -> (u16, Json) {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_slice(&raw[split + 4..]).unwrap())
-}
-
 #[test]
 fn sim_serve_prints_its_urls_and_serves_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let summary = sim_firehose(dir.path(), "net", 5);
-    let mut child = Child(
-        Command::new(env!("CARGO_BIN_EXE_butterfly"))
-            .args([
-                "sim",
-                "serve",
-                "--frames",
-                "net.log",
-                "--identities",
-                "net.json",
-                "--rate-limit-every",
-                "2",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    // Killed when dropped, on every path out of the test; a hung server fails the wait for its
+    // ready line instead of hanging the test.
+    let serve = Running::start(
+        dir.path(),
+        &[
+            "sim",
+            "serve",
+            "--frames",
+            "net.log",
+            "--identities",
+            "net.json",
+            "--rate-limit-every",
+            "2",
+        ],
     );
-    // The ready line, read on a thread so that a hung server fails the test instead of hanging it.
-    let stdout = child.0.stdout.take().unwrap();
-    let (lines_sender, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            if lines_sender.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
-    let ready: Json =
-        serde_json::from_str(&lines.recv_timeout(Duration::from_secs(60)).unwrap()).unwrap();
+    let ready = serve.next();
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["events"], 400);
     assert_eq!(ready["repos"], 20);
