@@ -11,7 +11,12 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = commands::Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Err(error) = commands::load_config_file(&args) {
+        eprintln!("butterfly: {error:#}");
+        return ExitCode::from(2);
+    }
+    let cli = commands::Cli::parse_from(args);
     match commands::run(cli) {
         Ok(commands::Outcome::Success) => ExitCode::SUCCESS,
         Ok(commands::Outcome::CheckFailed) => ExitCode::from(1),

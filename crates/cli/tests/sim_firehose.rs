@@ -114,6 +114,66 @@ fn sim_firehose_writes_verifiable_deterministic_traffic() {
 }
 
 #[test]
+fn sim_firehose_writes_the_expected_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = butterfly(
+        dir.path(),
+        &[
+            "sim",
+            "firehose",
+            "--repos",
+            "20",
+            "--events",
+            "300",
+            "--seed",
+            "9",
+            "--out",
+            "e.log",
+            "--identities-out",
+            "e.json",
+            "--expected",
+            "expected.jsonl",
+        ],
+    );
+    let summary: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["expected"], "expected.jsonl");
+    let text = std::fs::read_to_string(dir.path().join("expected.jsonl")).unwrap();
+    let lines: Vec<Json> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 20);
+    let dids: Vec<&str> = lines.iter().map(|l| l["did"].as_str().unwrap()).collect();
+    let mut sorted = dids.clone();
+    sorted.sort_unstable();
+    assert_eq!(dids, sorted);
+    let with_commits = lines.iter().filter(|l| l["rev"].is_string()).count();
+    assert_eq!(
+        with_commits as u64,
+        summary["repos_with_commits"].as_u64().unwrap()
+    );
+    // Every repo that committed has its profile; every record is [collection, rkey, cid].
+    for line in lines.iter().filter(|l| l["rev"].is_string()) {
+        let records = line["records"].as_array().unwrap();
+        assert!(
+            records
+                .iter()
+                .any(|r| r[0] == "app.bsky.actor.profile" && r[1] == "self"),
+            "{line}"
+        );
+        for record in records {
+            assert_eq!(record.as_array().unwrap().len(), 3, "{record}");
+            assert!(
+                record[2].as_str().unwrap().starts_with("bafyrei"),
+                "{record}"
+            );
+        }
+        assert!(line["data"].as_str().unwrap().starts_with("bafyrei"));
+        assert!(line["active"].is_boolean());
+    }
+}
+
+#[test]
 fn sim_serve_prints_its_urls_and_serves_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let summary = sim_firehose(dir.path(), "net", 5);

@@ -67,6 +67,13 @@ impl LowWaterMark {
         Ticket(seq)
     }
 
+    /// Notes that `seq` was seen and needs no handling (an event the consumer does not want), so
+    /// that the mark can move past it. Seqs must be passed in increasing order, as with `begin`.
+    pub fn pass(&self, seq: i64) {
+        let mut state = self.lock();
+        state.highest_begun = Some(state.highest_begun.map_or(seq, |h| h.max(seq)));
+    }
+
     /// Notes that the event behind `ticket` is fully handled.
     pub fn finish(&self, ticket: Ticket) {
         self.lock().in_flight.remove(&ticket.0);
@@ -223,6 +230,17 @@ impl Pipeline {
     /// The verifier (for its counters and repo state).
     pub fn verifier(&self) -> &Arc<Verifier> {
         &self.verifier
+    }
+
+    /// Skips a message the consumer does not want (a repo it does not follow) without verifying it,
+    /// so that the low-water mark can still move past its seq. A seq that does not increase is
+    /// ignored.
+    pub fn skip(&mut self, seq: i64) {
+        if self.last_seq.is_some_and(|last| seq <= last) {
+            return;
+        }
+        self.last_seq = Some(seq);
+        self.mark.pass(seq);
     }
 
     /// Takes the next message in stream order, or a frame that failed to decode (counted and

@@ -12,6 +12,20 @@ pub trait BlockSource {
     fn get_block(&mut self, cid: &Cid) -> Result<Option<Cow<'_, [u8]>>, car::Error>;
 }
 
+/// A block source shared through a `RefCell`, so that an MST walk can hold it while its caller reads
+/// records from the same source. Each block is copied out, so the borrow ends at once.
+pub struct SharedSource<'a, S>(pub &'a std::cell::RefCell<S>);
+
+impl<S: BlockSource> BlockSource for SharedSource<'_, S> {
+    fn get_block(&mut self, cid: &Cid) -> Result<Option<Cow<'_, [u8]>>, car::Error> {
+        Ok(self
+            .0
+            .borrow_mut()
+            .get_block(cid)?
+            .map(|bytes| Cow::Owned(bytes.into_owned())))
+    }
+}
+
 /// A CAR held whole in one buffer and indexed in place: a firehose commit's slice, with no copy
 /// per block. Every block's hash is checked when it is parsed.
 #[derive(Clone, Debug)]

@@ -40,4 +40,4 @@ pub mod commit;
 pub mod mst;
 pub mod proof;
 
-pub use blocks::{BlockMap, BlockSource, CarSlice, IndexedCar, RecordingSource};
+pub use blocks::{BlockMap, BlockSource, CarSlice, IndexedCar, RecordingSource, SharedSource};

@@ -150,13 +150,70 @@ pub struct FirehoseSummary {
     pub bytes: u64,
 }
 
-/// What was generated: the accounts (for DID documents) and the counts.
+/// What was generated: the accounts (for DID documents), the counts, and every repo's final state.
 #[derive(Clone, Debug)]
 pub struct GeneratedFirehose {
     /// Every account, in index order.
     pub identities: Vec<SimIdentity>,
     /// What was written.
     pub summary: FirehoseSummary,
+    /// Every repo after the last event, in index order: what a consumer that applied the whole
+    /// log should hold.
+    pub expected: Vec<ExpectedRepo>,
+}
+
+/// One repo's state after the last event: the ground truth a sync engine's output is checked
+/// against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedRepo {
+    /// The repo's DID.
+    pub did: Did,
+    /// Whether the account is active, as the last `#account` message about it said (active when
+    /// there was none).
+    pub active: bool,
+    /// The latest commit's revision; `None` for a repo that never committed.
+    pub rev: Option<Tid>,
+    /// The MST root of the latest commit; the empty tree's root for a repo that never committed.
+    pub data: Cid,
+    /// Every record, sorted by collection, then record key.
+    pub records: Vec<ExpectedRecord>,
+}
+
+/// One record of an [`ExpectedRepo`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ExpectedRecord {
+    /// The collection NSID, such as `app.bsky.feed.post`.
+    pub collection: String,
+    /// The record key.
+    pub rkey: String,
+    /// The CID of the record block.
+    pub cid: Cid,
+}
+
+/// Writes `repos` as JSON lines sorted by DID, one repo a line:
+/// `{"did":..,"active":..,"rev":..,"data":..,"records":[[collection,rkey,cid],...]}`, with `rev`
+/// null for a repo that never committed and records in the order of [`ExpectedRepo::records`].
+pub fn write_expected_state<W: Write>(repos: &[ExpectedRepo], out: W) -> std::io::Result<()> {
+    let mut sorted: Vec<&ExpectedRepo> = repos.iter().collect();
+    sorted.sort_by(|a, b| a.did.cmp(&b.did));
+    let mut out = std::io::BufWriter::new(out);
+    for repo in sorted {
+        let records: Vec<serde_json::Value> = repo
+            .records
+            .iter()
+            .map(|r| serde_json::json!([r.collection, r.rkey, r.cid.to_string()]))
+            .collect();
+        let line = serde_json::json!({
+            "did": repo.did.as_str(),
+            "active": repo.active,
+            "rev": repo.rev.as_ref().map(Tid::as_str),
+            "data": repo.data.to_string(),
+            "records": records,
+        });
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
 }
 
 /// A repo's state between commits: its MST nodes, head and records (kind and key timestamp, enough to
@@ -304,9 +361,47 @@ pub fn generate_firehose<W: Write + Send>(
     summary.bytes = written?;
     planned?;
     summary.repos_with_commits = repos.iter().filter(|r| r.rev.is_some()).count() as u64;
+    let expected = identities
+        .iter()
+        .zip(&mut repos)
+        .map(|(identity, repo)| expected_repo(identity, repo))
+        .collect::<Result<_, _>>()?;
     Ok(GeneratedFirehose {
         identities,
         summary,
+        expected,
+    })
+}
+
+/// Reads a repo's final state off its tree. The clean-ups keep every node reachable from the
+/// root, so a missing node is a bug.
+fn expected_repo(identity: &SimIdentity, repo: &mut RepoState) -> Result<ExpectedRepo, Error> {
+    let mut records = Vec::new();
+    // A repo that never committed holds no nodes, not even the empty root.
+    if repo.rev.is_some() {
+        for item in walk(repo.data, &mut repo.nodes) {
+            match item? {
+                mst::WalkItem::Record { key, cid } => {
+                    let (collection, rkey) = key
+                        .split_once('/')
+                        .ok_or(Error::Bug("an MST key without a '/'"))?;
+                    records.push(ExpectedRecord {
+                        collection: collection.to_owned(),
+                        rkey: rkey.to_owned(),
+                        cid,
+                    });
+                }
+                mst::WalkItem::MissingNode(cid) => return Err(mst::Error::MissingBlock(cid).into()),
+            }
+        }
+    }
+    records.sort_unstable();
+    Ok(ExpectedRepo {
+        did: identity.did.clone(),
+        active: repo.active,
+        rev: repo.rev.clone(),
+        data: repo.data,
+        records,
     })
 }
 
@@ -866,6 +961,129 @@ mod tests {
             }
         }
         assert_eq!(repos_with_commits, generated.summary.repos_with_commits);
+    }
+
+    /// What a consumer that applies every op of every commit, and every account status, ends up
+    /// with (without blocks).
+    fn replay(log: &[u8]) -> HashMap<Did, Model> {
+        let mut models: HashMap<Did, Model> = HashMap::new();
+        for frame in FrameLogReader::new(log) {
+            let Frame::Message(message) = decode_frame(&frame.unwrap()).unwrap() else {
+                panic!("error frame in the log")
+            };
+            let model = models
+                .entry(message.did().unwrap().clone())
+                .or_insert(Model {
+                    active: true,
+                    ..Model::default()
+                });
+            match message {
+                Message::Commit(c) => {
+                    for op in c.ops {
+                        match op {
+                            RepoOp::Create { path, cid } | RepoOp::Update { path, cid, .. } => {
+                                model.records.insert(path, cid);
+                            }
+                            RepoOp::Delete { path, .. } => {
+                                model.records.remove(&path);
+                            }
+                        }
+                    }
+                    let (_, slice) =
+                        BlockMap::from_car(CarReader::new(c.blocks.as_slice()).unwrap()).unwrap();
+                    let commit = Commit::decode(&c.commit, slice.get(&c.commit).unwrap()).unwrap();
+                    model.data = Some(commit.data);
+                    model.rev = Some(c.rev);
+                }
+                Message::Account(a) => model.active = a.active,
+                _ => {}
+            }
+        }
+        models
+    }
+
+    #[test]
+    fn expected_state_matches_a_replay_of_the_frames() {
+        // Many quiet repos and frequent status changes, so that some repos end deactivated.
+        let spec = FirehoseSpec {
+            repos: 60,
+            mix: EventMix {
+                account_per_mille: 100,
+                ..spec(21).mix
+            },
+            ..spec(21)
+        };
+        let mut log = Vec::new();
+        let generated = generate_firehose(&spec, &mut log).unwrap();
+        let replayed = replay(&log);
+        assert_eq!(generated.expected.len(), spec.repos as usize);
+        let mut n_records = 0;
+        let mut inactive = 0;
+        for (repo, identity) in generated.expected.iter().zip(&generated.identities) {
+            assert_eq!(repo.did, identity.did);
+            let records: BTreeMap<String, Cid> = repo
+                .records
+                .iter()
+                .map(|r| (format!("{}/{}", r.collection, r.rkey), r.cid))
+                .collect();
+            assert_eq!(records.len(), repo.records.len());
+            let mut sorted = repo.records.clone();
+            sorted.sort();
+            assert_eq!(sorted, repo.records);
+            n_records += records.len();
+            inactive += usize::from(!repo.active);
+            match replayed.get(&repo.did) {
+                Some(model) => {
+                    assert_eq!(repo.active, model.active, "{}", repo.did);
+                    assert_eq!(repo.rev, model.rev, "{}", repo.did);
+                    if let Some(data) = model.data {
+                        assert_eq!(repo.data, data, "{}", repo.did);
+                    }
+                    assert_eq!(records, model.records, "{}", repo.did);
+                }
+                // Never mentioned: active, empty, no commit.
+                None => {
+                    assert!(repo.active && repo.rev.is_none() && records.is_empty());
+                }
+            }
+        }
+        assert!(n_records > 300, "{n_records} records");
+        assert!(inactive > 0, "no repo ends inactive");
+
+        // One JSON line a repo, sorted by DID.
+        let mut out = Vec::new();
+        write_expected_state(&generated.expected, &mut out).unwrap();
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines.len(), spec.repos as usize);
+        let dids: Vec<&str> = lines.iter().map(|l| l["did"].as_str().unwrap()).collect();
+        let mut sorted_dids = dids.clone();
+        sorted_dids.sort_unstable();
+        assert_eq!(dids, sorted_dids);
+        let busiest = generated
+            .expected
+            .iter()
+            .max_by_key(|r| r.records.len())
+            .unwrap();
+        let line = lines
+            .iter()
+            .find(|l| l["did"] == busiest.did.as_str())
+            .unwrap();
+        assert_eq!(line["active"], busiest.active);
+        assert_eq!(line["rev"], busiest.rev.as_ref().unwrap().as_str());
+        assert_eq!(line["data"], busiest.data.to_string());
+        let first = &busiest.records[0];
+        assert_eq!(
+            line["records"][0],
+            serde_json::json!([first.collection, first.rkey, first.cid.to_string()])
+        );
+        assert_eq!(
+            line["records"].as_array().unwrap().len(),
+            busiest.records.len()
+        );
     }
 
     #[test]

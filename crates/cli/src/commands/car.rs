@@ -10,9 +10,8 @@ use butterfly_data::{Cid, Value};
 use butterfly_repo::car::CarLimits;
 use butterfly_repo::commit::Commit;
 use butterfly_repo::mst::{self, WalkItem};
-use butterfly_repo::{BlockSource, IndexedCar};
+use butterfly_repo::{BlockSource, IndexedCar, SharedSource};
 use clap::{Args, Subcommand};
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -80,22 +79,6 @@ fn open_repo(path: &Path) -> anyhow::Result<OpenRepo> {
         root,
         commit,
     })
-}
-
-/// Reads blocks through the shared CAR, copying each out so that the borrow ends at once.
-struct SharedSource<'a>(&'a RefCell<IndexedCar<File>>);
-
-impl BlockSource for SharedSource<'_> {
-    fn get_block(
-        &mut self,
-        cid: &Cid,
-    ) -> Result<Option<Cow<'_, [u8]>>, butterfly_repo::car::Error> {
-        Ok(self
-            .0
-            .borrow_mut()
-            .get_block(cid)?
-            .map(|bytes| Cow::Owned(bytes.into_owned())))
-    }
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<()> {

@@ -8,6 +8,9 @@ mod network;
 mod plc;
 mod resolve;
 mod sim;
+mod sync;
+
+pub use sync::load_config_file;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +38,13 @@ enum Command {
     /// Generate synthetic data for tests and benchmarks.
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// Sync what a selector document selects into a store, backfilling and then following the
+    /// network live.
+    Sync(sync::SyncArgs),
+    /// Run SQL against a database `sync` wrote (read-only).
+    Query(sync::QueryArgs),
+    /// Counts per tag, collection and state, and the stream cursor, of a database `sync` wrote.
+    Status(sync::StatusArgs),
 }
 
 /// What a command found, beyond success or error: checks that ran and failed exit with code 1.
@@ -64,5 +74,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }),
         Command::Resolve(args) => resolve::run(args).map(succeeded),
         Command::Sim(command) => sim::run(command).map(succeeded),
+        Command::Sync(args) => sync::run_sync(args).map(succeeded),
+        Command::Query(args) => sync::run_query(args).map(succeeded),
+        Command::Status(args) => sync::run_status(args).map(succeeded),
     }
 }

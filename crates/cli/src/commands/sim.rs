@@ -51,6 +51,10 @@ pub struct FirehoseArgs {
     /// Where to write the DID documents, as one JSON array.
     #[arg(long)]
     identities_out: PathBuf,
+    /// Also write every repo's state after the last event to this file, as JSON lines sorted by
+    /// DID: `{"did","active","rev","data","records":[[collection, rkey, cid], ...]}`.
+    #[arg(long)]
+    expected: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -144,10 +148,17 @@ fn firehose(args: FirehoseArgs) -> anyhow::Result<()> {
         butterfly_sim::firehose::identities_json(&generated.identities),
     )
     .with_context(|| format!("writing {}", args.identities_out.display()))?;
+    if let Some(path) = &args.expected {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        butterfly_sim::firehose::write_expected_state(&generated.expected, file)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let summary = &generated.summary;
     let json = serde_json::json!({
         "out": args.out,
         "identities_out": args.identities_out,
+        "expected": args.expected,
         "repos": summary.repos,
         "repos_with_commits": summary.repos_with_commits,
         "events": summary.events,

@@ -1,0 +1,512 @@
+//! Fetching one repo: `getRepo` spooled to a temporary file, the commit's signature checked, the
+//! MST walked in key order, retention applied, and the kept records sent to the store in chunks.
+//!
+//! A first backfill writes records as bulk chunks. A resync diffs against what the store holds and
+//! writes creates, updates and deletes, so that the store ends up equal to the repo.
+
+use crate::graph::{keeps, Rules};
+use crate::writer::{Job, Writer};
+use crate::{Stats, VerifyMode};
+use butterfly_data::Value;
+use butterfly_identity::Directory;
+use butterfly_repo::car::CarLimits;
+use butterfly_repo::commit::Commit;
+use butterfly_repo::mst::{self, WalkItem};
+use butterfly_repo::{BlockSource, IndexedCar, SharedSource};
+use butterfly_store::{Action, BackfillChunk, Batch, Change, Edge, Record, RecordKey, SyncState};
+use butterfly_syntax::Did;
+use butterfly_xrpc::{ClientConfig, XrpcClient};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+/// What to fetch.
+#[derive(Clone, Debug)]
+pub(crate) struct BackfillJob {
+    pub(crate) did: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) kind: JobKind,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum JobKind {
+    /// The store holds nothing of the repo, or only what an interrupted first backfill left
+    /// (`replace`).
+    First { replace: bool },
+    /// The store holds the repo; reconcile. `old_edges`: records that hold edges now.
+    Resync { old_edges: Vec<RecordKey> },
+}
+
+/// A fetched repo.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    pub(crate) rev: String,
+    pub(crate) data: String,
+    pub(crate) handle: Option<String>,
+    pub(crate) pds: Option<String>,
+    /// Every walk edge the repo holds now.
+    pub(crate) edges: Vec<Edge>,
+}
+
+/// Shared by all backfills of a run.
+pub(crate) struct Backfiller {
+    pub(crate) directory: Directory,
+    pub(crate) client_config: ClientConfig,
+    clients: Mutex<HashMap<String, XrpcClient>>,
+    pub(crate) writer: Writer,
+    pub(crate) rules: Arc<Rules>,
+    pub(crate) verify: VerifyMode,
+    pub(crate) spool_dir: Option<PathBuf>,
+    pub(crate) chunk_records: usize,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl Backfiller {
+    pub(crate) fn new(
+        directory: Directory,
+        client_config: ClientConfig,
+        writer: Writer,
+        rules: Arc<Rules>,
+        config: &crate::EngineConfig,
+        stats: Arc<Stats>,
+    ) -> Backfiller {
+        Backfiller {
+            directory,
+            client_config,
+            clients: Mutex::new(HashMap::new()),
+            writer,
+            rules,
+            verify: config.verify,
+            spool_dir: config.spool_dir.clone(),
+            chunk_records: config.chunk_records.max(1),
+            stats,
+        }
+    }
+
+    fn client_for(&self, pds: &url::Url) -> Result<XrpcClient, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(pds.as_str()) {
+            return Ok(client.clone());
+        }
+        let client = XrpcClient::new(pds.clone(), self.client_config.clone())
+            .map_err(|e| format!("client for {pds}: {e}"))?;
+        clients.insert(pds.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Fetches and stores one repo. `Err` is a message for the repo row (the engine retries).
+    pub(crate) async fn run(self: Arc<Self>, job: BackfillJob) -> Result<Fetched, String> {
+        let did = Did::parse(&job.did).map_err(|e| format!("bad DID: {e}"))?;
+        let identity = self
+            .directory
+            .resolve_did(&did)
+            .await
+            .map_err(|e| format!("resolving {did}: {e}"))?;
+        let pds = identity
+            .pds
+            .clone()
+            .ok_or_else(|| format!("{did} has no PDS in its DID document"))?;
+        let key = match (self.verify, identity.signing_key.clone()) {
+            (VerifyMode::Off, _) => None,
+            (_, Some(key)) => Some(key),
+            (_, None) => return Err(format!("{did} has no atproto signing key")),
+        };
+        let handle = identity
+            .handle_verified
+            .then(|| identity.handle.as_ref().map(|h| h.as_str().to_owned()))
+            .flatten();
+
+        let client = self.client_for(&pds)?;
+        let mut body = client
+            .sync()
+            .get_repo(&did, None)
+            .await
+            .map_err(|e| format!("getRepo from {pds}: {e}"))?;
+        let spool = match &self.spool_dir {
+            Some(dir) => tempfile::tempfile_in(dir),
+            None => tempfile::tempfile(),
+        }
+        .map_err(|e| format!("creating a spool file: {e}"))?;
+        let mut writer =
+            tokio::fs::File::from_std(spool.try_clone().map_err(|e| format!("spool file: {e}"))?);
+        tokio::io::copy(&mut body, &mut writer)
+            .await
+            .map_err(|e| format!("reading getRepo from {pds}: {e}"))?;
+        tokio::io::AsyncWriteExt::flush(&mut writer)
+            .await
+            .map_err(|e| format!("spool file: {e}"))?;
+        drop(writer);
+        drop(body);
+
+        let old_keys = match &job.kind {
+            JobKind::Resync { .. } => Some(
+                self.writer
+                    .record_keys(&job.did)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            JobKind::First { .. } => None,
+        };
+        let this = self.clone();
+        let (rev, data, edges) =
+            tokio::task::spawn_blocking(move || this.read_repo(spool, &job, key, old_keys))
+                .await
+                .map_err(|e| format!("backfill task: {e}"))??;
+        Ok(Fetched {
+            rev,
+            data,
+            handle,
+            pds: Some(pds.to_string()),
+            edges,
+        })
+    }
+
+    /// The blocking half: index the spooled CAR, check the commit, walk, write.
+    fn read_repo(
+        &self,
+        file: std::fs::File,
+        job: &BackfillJob,
+        key: Option<butterfly_crypto::PublicKey>,
+        old_keys: Option<Vec<(String, String, String)>>,
+    ) -> Result<(String, String, Vec<Edge>), String> {
+        let mut car = IndexedCar::build(file, CarLimits::default())
+            .map_err(|e| format!("reading the repo CAR: {e}"))?;
+        let root = match car.header().roots.as_slice() {
+            [root] => *root,
+            roots => return Err(format!("a repo CAR has one root, this has {}", roots.len())),
+        };
+        let commit_bytes = car
+            .get_block(&root)
+            .map_err(|e| format!("reading the commit: {e}"))?
+            .ok_or("the commit block is missing")?
+            .into_owned();
+        let commit = Commit::decode(&root, &commit_bytes).map_err(|e| e.to_string())?;
+        if commit.did.as_str() != job.did {
+            return Err(format!("the commit is for {}, not {}", commit.did, job.did));
+        }
+        if let Some(key) = &key {
+            commit
+                .verify_signature(key)
+                .map_err(|e| format!("commit signature: {e}"))?;
+        }
+        let rev = commit
+            .rev
+            .as_ref()
+            .ok_or("the commit has no rev")?
+            .as_str()
+            .to_owned();
+        let data = commit.data.to_string();
+        let car = RefCell::new(car);
+        let read_json =
+            |path: &str, cid: &butterfly_data::Cid| -> Result<serde_json::Value, String> {
+                let bytes = car
+                    .borrow_mut()
+                    .get_block(cid)
+                    .map_err(|e| format!("reading record {path}: {e}"))?
+                    .ok_or_else(|| format!("record {path} ({cid}) is missing from the CAR"))?
+                    .into_owned();
+                let value = Value::from_cbor(&bytes)
+                    .map_err(|e| format!("record {path} is not valid DAG-CBOR: {e}"))?;
+                Ok(value.to_json())
+            };
+        let mut sink = Sink::new(self, job, &rev, old_keys);
+        let mut source = SharedSource(&car);
+        for item in mst::walk(commit.data, &mut source) {
+            match item.map_err(|e| format!("walking the MST: {e}"))? {
+                WalkItem::Record { key: path, cid } => {
+                    let Some((collection, rkey)) = path.split_once('/') else {
+                        return Err(format!("a record path without a collection: {path}"));
+                    };
+                    let keep = self.rules.keep(&job.tags, collection);
+                    let kept = keeps(&keep, rkey);
+                    let walks = self.rules.walks(collection);
+                    if !kept && !walks {
+                        continue;
+                    }
+                    let unlimited = keep.all || (keep.self_rkey && rkey == "self");
+                    if kept && !unlimited {
+                        // `latest:N`: only the newest N survive the walk; read them at the end.
+                        sink.window(collection, rkey, cid, keep.latest as usize);
+                        if !walks {
+                            continue;
+                        }
+                    }
+                    let cid_text = cid.to_string();
+                    // A resync skips records it already holds unchanged, unless they hold edges.
+                    let unchanged =
+                        kept && unlimited && sink.take_unchanged(collection, rkey, &cid_text);
+                    if unchanged && !walks {
+                        continue;
+                    }
+                    let json = read_json(&path, &cid)?;
+                    if walks {
+                        sink.edges
+                            .extend(self.rules.edges_of(&job.did, collection, rkey, &json));
+                    }
+                    if kept && unlimited && !unchanged {
+                        sink.emit_new(collection, rkey, cid_text, json.to_string())?;
+                    }
+                }
+                WalkItem::MissingNode(cid) => {
+                    return Err(format!("the CAR lacks MST node {cid}"));
+                }
+            }
+        }
+        let windows = sink.take_windows();
+        for (collection, rkey, cid) in windows {
+            let cid_text = cid.to_string();
+            if sink.take_unchanged(&collection, &rkey, &cid_text) {
+                continue;
+            }
+            let json = read_json(&format!("{collection}/{rkey}"), &cid)?;
+            sink.emit_new(&collection, &rkey, cid_text, json.to_string())?;
+        }
+        let edges = sink.finish()?;
+        Ok((rev, data, edges))
+    }
+}
+
+/// Where walked records go: chunks for a first backfill, a diff for a resync. `latest:N`
+/// collections keep a window of their newest N (the walk is in key order, so the newest come last).
+struct Sink<'a> {
+    backfiller: &'a Backfiller,
+    job: &'a BackfillJob,
+    rev: &'a str,
+    /// For a resync: what the store holds, by (collection, rkey); entries left at the end are deletes.
+    old: Option<HashMap<(String, String), String>>,
+    records: Vec<Record>,
+    changes: Vec<Change>,
+    /// `latest:N` windows, by collection: the newest N (rkey, CID) seen so far.
+    windows: HashMap<String, std::collections::VecDeque<(String, butterfly_data::Cid)>>,
+    edges: Vec<Edge>,
+    first_chunk: bool,
+}
+
+impl<'a> Sink<'a> {
+    fn new(
+        backfiller: &'a Backfiller,
+        job: &'a BackfillJob,
+        rev: &'a str,
+        old_keys: Option<Vec<(String, String, String)>>,
+    ) -> Sink<'a> {
+        Sink {
+            backfiller,
+            job,
+            rev,
+            old: old_keys.map(|keys| {
+                keys.into_iter()
+                    .map(|(collection, rkey, cid)| ((collection, rkey), cid))
+                    .collect()
+            }),
+            records: Vec::new(),
+            changes: Vec::new(),
+            windows: HashMap::new(),
+            edges: Vec::new(),
+            first_chunk: true,
+        }
+    }
+
+    /// True for a resync whose store already holds this exact record, which then is no delete.
+    fn take_unchanged(&mut self, collection: &str, rkey: &str, cid: &str) -> bool {
+        let Some(old) = &mut self.old else {
+            return false;
+        };
+        let key = (collection.to_owned(), rkey.to_owned());
+        if old.get(&key).is_some_and(|held| held == cid) {
+            old.remove(&key);
+            return true;
+        }
+        false
+    }
+
+    fn window(&mut self, collection: &str, rkey: &str, cid: butterfly_data::Cid, n: usize) {
+        let window = self.windows.entry(collection.to_owned()).or_default();
+        window.push_back((rkey.to_owned(), cid));
+        if window.len() > n {
+            window.pop_front();
+        }
+    }
+
+    fn take_windows(&mut self) -> Vec<(String, String, butterfly_data::Cid)> {
+        let mut out: Vec<_> = std::mem::take(&mut self.windows)
+            .into_iter()
+            .flat_map(|(collection, window)| {
+                window
+                    .into_iter()
+                    .map(move |(rkey, cid)| (collection.clone(), rkey, cid))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn emit_new(
+        &mut self,
+        collection: &str,
+        rkey: &str,
+        cid: String,
+        json: String,
+    ) -> Result<(), String> {
+        let record = Record {
+            did: self.job.did.clone(),
+            collection: collection.to_owned(),
+            rkey: rkey.to_owned(),
+            cid,
+            rev: self.rev.to_owned(),
+            json,
+            indexed_at: crate::now_micros(),
+        };
+        self.emit(record)
+    }
+
+    fn emit(&mut self, record: Record) -> Result<(), String> {
+        match &mut self.old {
+            Some(old) => {
+                let action = match old.remove(&(record.collection.clone(), record.rkey.clone())) {
+                    Some(_) => Action::Update,
+                    None => Action::Create,
+                };
+                self.changes.push(Change {
+                    did: record.did,
+                    collection: record.collection,
+                    rkey: record.rkey,
+                    action,
+                    cid: Some(record.cid),
+                    rev: record.rev,
+                    json: Some(record.json),
+                    live: false,
+                    indexed_at: record.indexed_at,
+                });
+                if self.changes.len() >= self.backfiller.chunk_records {
+                    self.flush()?;
+                }
+            }
+            None => {
+                self.records.push(record);
+                if self.records.len() >= self.backfiller.chunk_records {
+                    self.flush()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        let mut batch = Batch::default();
+        if !self.records.is_empty() {
+            let replace = matches!(
+                self.job.kind,
+                super::backfill::JobKind::First { replace: true }
+            ) && self.first_chunk;
+            self.first_chunk = false;
+            let records = std::mem::take(&mut self.records);
+            self.backfiller
+                .stats
+                .records_backfilled
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            batch.backfill.push(BackfillChunk {
+                did: self.job.did.clone(),
+                replace,
+                records,
+                edges: Vec::new(),
+            });
+        }
+        if !self.changes.is_empty() {
+            self.backfiller
+                .stats
+                .records_backfilled
+                .fetch_add(self.changes.len() as u64, Ordering::Relaxed);
+            batch.changes = std::mem::take(&mut self.changes);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.backfiller
+            .writer
+            .blocking_send(Job::Apply {
+                batch,
+                trims: Vec::new(),
+                tickets: Vec::new(),
+                mark: None,
+                done: None,
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    /// Writes what is left, the resync's deletes and the repo's edges. Returns the edges.
+    fn finish(mut self) -> Result<Vec<Edge>, String> {
+        // First backfills with `replace` and no kept record still must clear what was there.
+        if self.first_chunk && matches!(self.job.kind, JobKind::First { replace: true }) {
+            self.first_chunk = false;
+            let mut batch = Batch::default();
+            batch.backfill.push(BackfillChunk {
+                did: self.job.did.clone(),
+                replace: true,
+                records: Vec::new(),
+                edges: Vec::new(),
+            });
+            self.send(batch)?;
+        }
+        if let Some(old) = self.old.take() {
+            // What is left was not seen unchanged, nor rewritten: gone from the repo, or no longer
+            // kept. (Rewritten records were taken out by `emit`.)
+            let mut deletes: Vec<Change> = Vec::new();
+            for ((collection, rkey), _) in old {
+                deletes.push(Change {
+                    did: self.job.did.clone(),
+                    collection,
+                    rkey,
+                    action: Action::Delete,
+                    cid: None,
+                    rev: self.rev.to_owned(),
+                    json: None,
+                    live: false,
+                    indexed_at: crate::now_micros(),
+                });
+            }
+            deletes.sort_by(|a, b| (&a.collection, &a.rkey).cmp(&(&b.collection, &b.rkey)));
+            self.changes.extend(deletes);
+        }
+        self.flush()?;
+        // Edges: a first backfill adds them; a resync replaces the old ones.
+        let mut batch = Batch::default();
+        if let JobKind::Resync { old_edges } = &self.job.kind {
+            batch.edges_removed = old_edges.clone();
+        }
+        batch.edges_added = self.edges.clone();
+        if !batch.is_empty() {
+            self.send(batch)?;
+        }
+        Ok(std::mem::take(&mut self.edges))
+    }
+
+    fn send(&self, batch: Batch) -> Result<(), String> {
+        self.backfiller
+            .writer
+            .blocking_send(Job::Apply {
+                batch,
+                trims: Vec::new(),
+                tickets: Vec::new(),
+                mark: None,
+                done: None,
+            })
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The repo row after a successful fetch.
+pub(crate) fn synced_row(
+    mut row: butterfly_store::RepoRow,
+    fetched: &Fetched,
+) -> butterfly_store::RepoRow {
+    row.state = SyncState::Synced;
+    row.rev = Some(fetched.rev.clone());
+    row.data_cid = Some(fetched.data.clone());
+    row.handle = fetched.handle.clone();
+    row.pds = fetched.pds.clone();
+    row.backfilled_at = Some(crate::now_micros());
+    row.error = None;
+    row
+}

@@ -1,0 +1,942 @@
+//! The main loop: owns every repo's state, the walk graph and the batch being built.
+//!
+//! Everything that changes the store passes through here (or, for backfill chunks, through the
+//! writer's queue before the batch that completes them), so the order of effects is the order of
+//! this loop.
+
+use crate::backfill::{synced_row, BackfillJob, Backfiller, Fetched, JobKind};
+use crate::graph::{keeps, Graph, Rules};
+use crate::live::{self, LiveBody, LiveEvent, LiveHandle, Tracked};
+use crate::writer::{Job, Trim, Writer};
+use crate::{Engine, Error, LiveSource, Stats, CURSOR_KEY, CURSOR_SOURCE_KEY};
+use butterfly_firehose::keys::DirectoryKeys;
+use butterfly_firehose::verify::{AccountStatus, RepoState};
+use butterfly_firehose::{LowWaterMark, Ticket, Verifier, VerifierConfig};
+use butterfly_selector::Inputs;
+use butterfly_store::{Action, Batch, Change, RecordKey, RepoRow, SyncState};
+use butterfly_syntax::Did;
+use butterfly_xrpc::{ClientConfig, HostLimits, LimitsConfig};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Where a repo is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Backfilled; live events apply directly.
+    Synced,
+    /// Waiting for a backfill slot; live events are buffered.
+    Queued,
+    /// Being fetched; live events are buffered.
+    Fetching,
+    /// Fetching failed; retried at `retry_at`. Live events are dropped (the retry fetches them).
+    Failed,
+}
+
+struct Repo {
+    row: RepoRow,
+    phase: Phase,
+    buffered: Vec<LiveEvent>,
+    /// The store may hold records from an interrupted first backfill.
+    may_have_data: bool,
+    attempts: u32,
+    retry_at: Option<Instant>,
+    /// Tags the running fetch applied retention for.
+    fetching_tags: Vec<String>,
+    /// Fetch again when the running fetch ends (a `#sync` or a retention change during it).
+    refetch: bool,
+    /// No tag holds it any more; remove it when the running fetch ends.
+    purge_after_fetch: bool,
+}
+
+/// Events buffered per repo at most while it is fetched; past it they are dropped and the repo
+/// is fetched again, which covers them.
+const MAX_BUFFERED: usize = 10_000;
+
+struct Coordinator {
+    config: crate::EngineConfig,
+    rules: Arc<Rules>,
+    stats: Arc<Stats>,
+    writer: Writer,
+    backfiller: Arc<Backfiller>,
+    directory: butterfly_identity::Directory,
+    client_config: ClientConfig,
+    repos: HashMap<String, Repo>,
+    tracked: Tracked,
+    graph: Graph,
+    /// Seeds by clause index, once resolved.
+    seeds: HashMap<usize, Vec<String>>,
+    seed_clauses: usize,
+    /// The graph or the seeds changed since the last evaluation.
+    dirty: bool,
+    queue: VecDeque<String>,
+    in_flight: usize,
+    done_tx: mpsc::Sender<(String, Result<Fetched, String>)>,
+    seeds_tx: mpsc::Sender<(usize, Result<Vec<String>, String>)>,
+    identity_tx: mpsc::Sender<(String, Option<String>, Option<Ticket>)>,
+    identities_in_flight: usize,
+    /// The batch being built, with its `latest:N` trims and the tickets it completes.
+    batch: Batch,
+    trims: Vec<Trim>,
+    tickets: Vec<Ticket>,
+    batch_events: usize,
+    mark: Option<Arc<LowWaterMark>>,
+    verifier: Option<Arc<Verifier>>,
+    source_name: Option<String>,
+    last_cursor: Option<i64>,
+}
+
+pub(crate) async fn run(
+    engine: Engine,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<Box<dyn butterfly_store::Store>, Error> {
+    let Engine {
+        config,
+        selector,
+        store,
+        directory,
+        stats,
+    } = engine;
+    // What the store holds.
+    let rows = store.repos()?;
+    let edges = store.edges()?;
+    let stored_source = store.kv_get(CURSOR_SOURCE_KEY)?;
+    let stored_cursor = store
+        .kv_get(CURSOR_KEY)?
+        .and_then(|text| text.parse::<i64>().ok());
+    let (writer, writer_thread) = Writer::start(store, stats.clone());
+
+    let source_name = match &config.live {
+        LiveSource::None => None,
+        LiveSource::Relay(url) => Some(format!("relay:{url}")),
+        LiveSource::Jetstream(url) => Some(format!("jetstream:{url}")),
+    };
+    let cursor = match (&source_name, &stored_source) {
+        (Some(name), Some(stored)) if name == stored => stored_cursor,
+        _ => None,
+    };
+    let client_config = ClientConfig {
+        limits: HostLimits::new(LimitsConfig {
+            max_concurrent: config.per_host_concurrency.max(1),
+            rate: None,
+        }),
+        max_stream_bytes: Some(config.max_repo_bytes),
+        ..ClientConfig::with_private_network(config.allow_private_network)
+    };
+    let rules = Arc::new(Rules::new(selector.clone()));
+    let backfiller = Arc::new(Backfiller::new(
+        directory.clone(),
+        client_config.clone(),
+        writer.clone(),
+        rules.clone(),
+        &config,
+        stats.clone(),
+    ));
+    let (done_tx, mut done_rx) = mpsc::channel(64);
+    let (seeds_tx, mut seeds_rx) = mpsc::channel(64);
+    let (identity_tx, mut identity_rx) = mpsc::channel(64);
+    let seed_clauses = selector
+        .clauses()
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.source,
+                butterfly_selector::Source::Identity(_) | butterfly_selector::Source::Service(_)
+            )
+        })
+        .count();
+    let mut coordinator = Coordinator {
+        config: config.clone(),
+        rules,
+        stats: stats.clone(),
+        writer: writer.clone(),
+        backfiller,
+        directory: directory.clone(),
+        client_config,
+        repos: HashMap::new(),
+        tracked: Default::default(),
+        graph: Graph::from_edges(edges),
+        seeds: HashMap::new(),
+        seed_clauses,
+        dirty: true,
+        queue: VecDeque::new(),
+        in_flight: 0,
+        done_tx,
+        seeds_tx,
+        identity_tx,
+        identities_in_flight: 0,
+        batch: Batch::default(),
+        trims: Vec::new(),
+        tickets: Vec::new(),
+        batch_events: 0,
+        mark: None,
+        verifier: None,
+        source_name,
+        last_cursor: cursor,
+    };
+    coordinator.load(rows);
+
+    // The live stream starts before any backfill, so that nothing falls between a repo's snapshot
+    // and its first live event.
+    let mut live: Option<LiveHandle> = if config.once {
+        None
+    } else {
+        match &config.live {
+            LiveSource::None => None,
+            LiveSource::Relay(url) => {
+                let verifier = Arc::new(Verifier::new(
+                    VerifierConfig {
+                        mode: config.verify,
+                        ..VerifierConfig::default()
+                    },
+                    Arc::new(DirectoryKeys::new(Arc::new(directory.clone()))),
+                ));
+                coordinator.prime_verifier(&verifier);
+                Some(live::start_relay(
+                    url,
+                    cursor,
+                    verifier,
+                    coordinator.tracked.clone(),
+                    config.allow_private_network,
+                )?)
+            }
+            LiveSource::Jetstream(url) => Some(live::start_jetstream(
+                url,
+                cursor,
+                coordinator.tracked.clone(),
+                config.allow_private_network,
+            )?),
+        }
+    };
+    if let Some(handle) = &live {
+        coordinator.mark = Some(handle.mark.clone());
+        coordinator.verifier = handle.verifier.clone();
+    }
+    coordinator.start_seeds(&selector, Duration::ZERO);
+    coordinator.schedule();
+
+    let mut ticker = tokio::time::interval(config.batch_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    let result: Result<(), Error> = loop {
+        let step = tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            event = recv_live(&mut live) => match event {
+                Some(event) => coordinator.on_live(event),
+                None => {
+                    live = None;
+                    Ok(())
+                }
+            },
+            Some((did, result)) = done_rx.recv() => coordinator.on_fetched(did, result),
+            Some((index, result)) = seeds_rx.recv() => {
+                coordinator.on_seeds(&selector, index, result);
+                Ok(())
+            }
+            Some((did, handle, ticket)) = identity_rx.recv() => {
+                coordinator.on_identity(did, handle, ticket);
+                Ok(())
+            }
+            _ = ticker.tick() => coordinator.on_tick().await,
+        };
+        if let Err(error) = step {
+            break Err(error);
+        }
+        if coordinator.batch_events >= coordinator.config.batch_max_events {
+            if let Err(error) = coordinator.flush().await {
+                break Err(error);
+            }
+        }
+        if config.once && coordinator.finished() {
+            break Ok(());
+        }
+    };
+    if let Some(handle) = &live {
+        handle.stop();
+    }
+    let closed = if result.is_ok() {
+        // The last batch's cursor lags by one batch; one more write records where we are.
+        match coordinator.flush_and_wait().await {
+            Ok(()) => coordinator.flush_and_wait().await,
+            Err(error) => Err(error),
+        }
+    } else {
+        Ok(())
+    };
+    drop(coordinator);
+    drop(writer);
+    drop(live);
+    let store = tokio::task::spawn_blocking(move || writer_thread.join())
+        .await
+        .map_err(|e| Error::Writer(format!("joining the store thread: {e}")))?
+        .map_err(|_| Error::Writer("the store thread panicked".into()))?;
+    result.and(closed)?;
+    Ok(store)
+}
+
+async fn recv_live(live: &mut Option<LiveHandle>) -> Option<LiveEvent> {
+    match live {
+        Some(handle) => handle.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Coordinator {
+    /// Takes in the stored repo rows: synced ones follow the stream, the rest are fetched again.
+    fn load(&mut self, rows: Vec<RepoRow>) {
+        let mut tracked = HashSet::new();
+        for row in rows {
+            tracked.insert(row.did.clone());
+            let phase = match row.state {
+                SyncState::Synced => Phase::Synced,
+                _ => Phase::Queued,
+            };
+            if phase == Phase::Queued {
+                self.queue.push_back(row.did.clone());
+            }
+            let did = row.did.clone();
+            self.repos.insert(
+                did,
+                Repo {
+                    row,
+                    phase,
+                    buffered: Vec::new(),
+                    may_have_data: true,
+                    attempts: 0,
+                    retry_at: None,
+                    fetching_tags: Vec::new(),
+                    refetch: false,
+                    purge_after_fetch: false,
+                },
+            );
+        }
+        *self.tracked.write().unwrap_or_else(|p| p.into_inner()) = tracked;
+        self.update_gauges();
+    }
+
+    /// Tells the verifier where every synced repo stands, so the next commit must chain from it.
+    fn prime_verifier(&self, verifier: &Verifier) {
+        for repo in self.repos.values() {
+            if repo.phase != Phase::Synced {
+                continue;
+            }
+            if let (Some(rev), Some(data), Ok(did)) =
+                (&repo.row.rev, &repo.row.data_cid, Did::parse(&repo.row.did))
+            {
+                if let Some(state) = live::repo_state(rev, data, &repo.row.status) {
+                    verifier.set_repo_state(did, state);
+                }
+            }
+        }
+    }
+
+    fn start_seeds(&self, selector: &butterfly_selector::Selector, delay: Duration) {
+        for (index, clause) in selector.clauses().iter().enumerate() {
+            if self.seeds.contains_key(&index) {
+                continue;
+            }
+            self.spawn_seed(index, clause.clone(), delay);
+        }
+    }
+
+    fn spawn_seed(&self, index: usize, clause: butterfly_selector::Clause, delay: Duration) {
+        let directory = self.directory.clone();
+        let client_config = self.client_config.clone();
+        let seeds_tx = self.seeds_tx.clone();
+        let relay = match &self.config.live {
+            LiveSource::Relay(url) => crate::discovery::relay_http_base(url),
+            _ => None,
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(result) =
+                crate::discovery::seeds(&clause, &directory, &client_config, relay.as_deref()).await
+            {
+                let _ = seeds_tx.send((index, result)).await;
+            }
+        });
+    }
+
+    fn on_seeds(
+        &mut self,
+        selector: &butterfly_selector::Selector,
+        index: usize,
+        result: Result<Vec<String>, String>,
+    ) {
+        match result {
+            Ok(dids) => {
+                self.seeds.insert(index, dids);
+                self.dirty = true;
+            }
+            Err(message) => {
+                tracing::warn!(clause = index, %message, "selector seed failed; retrying in 10 s");
+                if let Some(clause) = selector.clauses().get(index) {
+                    self.spawn_seed(index, clause.clone(), Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Re-evaluates the selector when something it depends on changed and every seed is known.
+    fn evaluate(&mut self) {
+        if !self.dirty || self.seeds.len() < self.seed_clauses {
+            return;
+        }
+        self.dirty = false;
+        let membership = butterfly_selector::evaluate(
+            &self.rules.selector,
+            &Inputs {
+                seeds: &self.seeds,
+                edges: &self.graph,
+            },
+        );
+        let mut selected: HashMap<String, Vec<String>> = HashMap::new();
+        for (did, tags) in membership.iter() {
+            selected.insert(did.to_owned(), tags.to_vec());
+        }
+        // Repos no tag holds any more.
+        let gone: Vec<String> = self
+            .repos
+            .keys()
+            .filter(|did| !selected.contains_key(*did))
+            .cloned()
+            .collect();
+        for did in gone {
+            self.unselect(&did);
+        }
+        let mut new_repos: Vec<String> = Vec::new();
+        for (did, tags) in selected {
+            match self.repos.get_mut(&did) {
+                None => new_repos.push(did),
+                Some(repo) if repo.row.tags != tags => {
+                    let old = std::mem::replace(&mut repo.row.tags, tags);
+                    repo.purge_after_fetch = false;
+                    let same = self.rules.same_retention(&old, &repo.row.tags);
+                    self.batch.repos.push(repo.row.clone());
+                    if !same {
+                        self.resync(&did);
+                    }
+                }
+                Some(repo) => repo.purge_after_fetch = false,
+            }
+        }
+        new_repos.sort();
+        let membership_tags: HashMap<String, Vec<String>> = new_repos
+            .iter()
+            .map(|did| (did.clone(), membership.tags_of(did).to_vec()))
+            .collect();
+        for did in new_repos {
+            let tags = membership_tags.get(&did).cloned().unwrap_or_default();
+            let row = RepoRow {
+                did: did.clone(),
+                handle: None,
+                pds: None,
+                status: "active".into(),
+                state: SyncState::Pending,
+                rev: None,
+                data_cid: None,
+                tags,
+                backfilled_at: None,
+                error: None,
+            };
+            self.batch.repos.push(row.clone());
+            self.tracked
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(did.clone());
+            self.repos.insert(
+                did.clone(),
+                Repo {
+                    row,
+                    phase: Phase::Queued,
+                    buffered: Vec::new(),
+                    may_have_data: false,
+                    attempts: 0,
+                    retry_at: None,
+                    fetching_tags: Vec::new(),
+                    refetch: false,
+                    purge_after_fetch: false,
+                },
+            );
+            self.queue.push_back(did);
+        }
+        self.update_gauges();
+    }
+
+    /// A repo left the selection: its data goes (after a running fetch).
+    fn unselect(&mut self, did: &str) {
+        let Some(repo) = self.repos.get_mut(did) else {
+            return;
+        };
+        if repo.phase == Phase::Fetching {
+            repo.purge_after_fetch = true;
+            return;
+        }
+        let Some(repo) = self.repos.remove(did) else {
+            return;
+        };
+        for event in repo.buffered {
+            self.tickets.extend(event.ticket);
+        }
+        self.queue.retain(|queued| queued != did);
+        self.tracked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(did);
+        self.graph.remove_repo(did);
+        self.batch.repos.retain(|row| row.did != did);
+        self.batch.purged.push(did.to_owned());
+        self.dirty = true;
+    }
+
+    /// Marks a repo for fetching again.
+    fn resync(&mut self, did: &str) {
+        let Some(repo) = self.repos.get_mut(did) else {
+            return;
+        };
+        match repo.phase {
+            Phase::Fetching => repo.refetch = true,
+            Phase::Queued => {}
+            Phase::Synced | Phase::Failed => {
+                self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                if repo.row.state == SyncState::Synced {
+                    repo.row.state = SyncState::Resync;
+                }
+                repo.phase = Phase::Queued;
+                repo.retry_at = None;
+                self.batch.repos.push(repo.row.clone());
+                self.queue.push_back(did.to_owned());
+            }
+        }
+    }
+
+    /// Starts fetches while there are free slots.
+    fn schedule(&mut self) {
+        while self.in_flight < self.config.backfill_concurrency.max(1) {
+            let Some(did) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(repo) = self.repos.get_mut(&did) else {
+                continue;
+            };
+            if repo.phase != Phase::Queued {
+                continue;
+            }
+            let kind = if repo.row.state == SyncState::Resync
+                || (repo.row.state == SyncState::Failed && repo.row.rev.is_some())
+            {
+                JobKind::Resync {
+                    old_edges: self.graph.record_keys(&did),
+                }
+            } else {
+                JobKind::First {
+                    replace: repo.may_have_data,
+                }
+            };
+            repo.phase = Phase::Fetching;
+            repo.fetching_tags = repo.row.tags.clone();
+            repo.refetch = false;
+            // Events from here on chain from the snapshot the fetch will take, not from the state
+            // the verifier held.
+            if let (Some(verifier), Ok(parsed)) = (&self.verifier, Did::parse(&did)) {
+                let status = if repo.row.status == "active" {
+                    AccountStatus::Active
+                } else {
+                    AccountStatus::Inactive(repo.row.status.clone())
+                };
+                verifier.set_repo_state(
+                    parsed,
+                    RepoState {
+                        status,
+                        ..RepoState::default()
+                    },
+                );
+            }
+            let job = BackfillJob {
+                did: did.clone(),
+                tags: repo.row.tags.clone(),
+                kind,
+            };
+            self.in_flight += 1;
+            let backfiller = self.backfiller.clone();
+            let done_tx = self.done_tx.clone();
+            tokio::spawn(async move {
+                let result = backfiller.run(job).await;
+                let _ = done_tx.send((did, result)).await;
+            });
+        }
+        self.update_gauges();
+    }
+
+    fn on_fetched(&mut self, did: String, result: Result<Fetched, String>) -> Result<(), Error> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let Some(repo) = self.repos.get_mut(&did) else {
+            self.schedule();
+            return Ok(());
+        };
+        repo.phase = Phase::Synced;
+        if repo.purge_after_fetch {
+            repo.phase = Phase::Synced;
+            self.unselect(&did);
+            self.schedule();
+            return Ok(());
+        }
+        match result {
+            Ok(fetched) => {
+                self.stats.repos_backfilled.fetch_add(1, Ordering::Relaxed);
+                repo.attempts = 0;
+                repo.may_have_data = true;
+                repo.row = synced_row(repo.row.clone(), &fetched);
+                let retention_changed = repo.fetching_tags != repo.row.tags
+                    && !self
+                        .rules
+                        .same_retention(&repo.fetching_tags, &repo.row.tags);
+                let refetch = repo.refetch || retention_changed;
+                let buffered = std::mem::take(&mut repo.buffered);
+                self.batch.repos.push(repo.row.clone());
+                self.graph.set_repo(&did, fetched.edges);
+                self.dirty = true;
+                for event in buffered {
+                    self.apply_live(event);
+                }
+                if refetch {
+                    self.resync(&did);
+                }
+            }
+            Err(message) => {
+                self.stats.backfill_failures.fetch_add(1, Ordering::Relaxed);
+                repo.attempts += 1;
+                tracing::warn!(did, attempt = repo.attempts, %message, "backfill failed");
+                let delay = if repo.attempts < self.config.backfill_attempts {
+                    Duration::from_secs(1 << repo.attempts.min(6))
+                } else {
+                    repo.attempts = 0;
+                    self.config.retry_failed_after
+                };
+                repo.phase = Phase::Failed;
+                repo.retry_at = Some(Instant::now() + delay);
+                repo.row.state = SyncState::Failed;
+                repo.row.error = Some(message);
+                for event in std::mem::take(&mut repo.buffered) {
+                    self.tickets.extend(event.ticket);
+                }
+                self.batch.repos.push(repo.row.clone());
+            }
+        }
+        self.schedule();
+        Ok(())
+    }
+
+    fn on_live(&mut self, event: LiveEvent) -> Result<(), Error> {
+        self.stats.live_events.fetch_add(1, Ordering::Relaxed);
+        self.batch_events += 1;
+        let Some(repo) = self.repos.get_mut(&event.did) else {
+            self.tickets.extend(event.ticket);
+            return Ok(());
+        };
+        match repo.phase {
+            Phase::Synced => self.apply_live(event),
+            Phase::Queued | Phase::Fetching => {
+                if matches!(event.body, LiveBody::Resync) && repo.phase == Phase::Fetching {
+                    repo.refetch = true;
+                }
+                if repo.buffered.len() >= MAX_BUFFERED {
+                    repo.refetch = true;
+                    self.tickets.extend(event.ticket);
+                } else {
+                    repo.buffered.push(event);
+                }
+            }
+            Phase::Failed => {
+                self.tickets.extend(event.ticket);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one event to a synced repo, adding its effects to the batch.
+    fn apply_live(&mut self, event: LiveEvent) {
+        let LiveEvent {
+            did,
+            time_micros,
+            body,
+            ticket,
+        } = event;
+        // An identity event's ticket waits for the lookup, so its handle is durable first.
+        let mut ticket = ticket;
+        if !matches!(body, LiveBody::Identity) {
+            self.tickets.extend(ticket.take());
+        }
+        if let Some(micros) = time_micros {
+            self.stats
+                .last_event_micros
+                .store(micros, Ordering::Relaxed);
+        }
+        let Some(repo) = self.repos.get_mut(&did) else {
+            self.tickets.extend(ticket);
+            return;
+        };
+        match body {
+            LiveBody::Nothing => {}
+            LiveBody::Resync => self.resync(&did),
+            // The event's handle is only a hint: the DID is looked up again and the handle checked
+            // both ways.
+            LiveBody::Identity => self.refresh_identity(&did, ticket),
+            LiveBody::Account { active, status } => {
+                let status = if active {
+                    "active".to_owned()
+                } else {
+                    status.unwrap_or_else(|| "inactive".into())
+                };
+                let was = std::mem::replace(&mut repo.row.status, status.clone());
+                // A deleted account's content goes; the row stays, with the status. Deactivated,
+                // taken-down and suspended accounts keep theirs, marked by the status column:
+                // those states are often lifted, and what to show is the reader's decision.
+                if status == "deleted" && was != "deleted" {
+                    repo.row.rev = None;
+                    repo.row.data_cid = None;
+                    self.batch.changes.retain(|c| c.did != did);
+                    self.batch.cleared.push(did.clone());
+                    self.batch.edges_added.retain(|e| e.did != did);
+                    self.graph.remove_repo(&did);
+                    self.dirty = true;
+                    self.batch.repos.push(repo.row.clone());
+                } else if status != "deleted" && was == "deleted" {
+                    // Back (a mistaken deletion undone): fetch what was cleared.
+                    self.batch.repos.push(repo.row.clone());
+                    repo.row.state = SyncState::Resync;
+                    self.resync(&did);
+                } else {
+                    self.batch.repos.push(repo.row.clone());
+                }
+            }
+            LiveBody::Commit { rev, data, ops } => {
+                if repo
+                    .row
+                    .rev
+                    .as_deref()
+                    .is_some_and(|held| rev.as_str() <= held)
+                {
+                    return; // already applied (a replay after a restart)
+                }
+                if repo.row.status == "deleted" {
+                    return;
+                }
+                let tags = repo.row.tags.clone();
+                for op in ops {
+                    let keep = self.rules.keep(&tags, &op.collection);
+                    if self.rules.walks(&op.collection) {
+                        let key = RecordKey {
+                            did: did.clone(),
+                            collection: op.collection.clone(),
+                            rkey: op.rkey.clone(),
+                        };
+                        if self.graph.remove_record(&did, &op.collection, &op.rkey) {
+                            self.dirty = true;
+                        }
+                        self.batch.edges_added.retain(|e| {
+                            !(e.did == key.did
+                                && e.collection == key.collection
+                                && e.rkey == key.rkey)
+                        });
+                        self.batch.edges_removed.push(key);
+                        if let Some(record) = &op.record {
+                            for edge in self.rules.edges_of(&did, &op.collection, &op.rkey, record)
+                            {
+                                self.graph.add(edge.clone());
+                                self.batch.edges_added.push(edge);
+                                self.dirty = true;
+                            }
+                        }
+                    }
+                    if !keeps(&keep, &op.rkey) {
+                        continue;
+                    }
+                    let unlimited = keep.all || (keep.self_rkey && op.rkey == "self");
+                    if !unlimited && keep.latest > 0 && op.action != Action::Delete {
+                        self.trims.push(Trim {
+                            did: did.clone(),
+                            collection: op.collection.clone(),
+                            keep: keep.latest as usize,
+                            rev: rev.clone(),
+                        });
+                    }
+                    self.stats.live_changes.fetch_add(1, Ordering::Relaxed);
+                    self.batch.changes.push(Change {
+                        did: did.clone(),
+                        collection: op.collection,
+                        rkey: op.rkey,
+                        action: op.action,
+                        cid: op.cid,
+                        rev: rev.clone(),
+                        json: op.record.map(|r| r.to_string()),
+                        live: true,
+                        indexed_at: crate::now_micros(),
+                    });
+                }
+                let Some(repo) = self.repos.get_mut(&did) else {
+                    return;
+                };
+                repo.row.rev = Some(rev);
+                if data.is_some() {
+                    repo.row.data_cid = data;
+                }
+                self.batch.repos.push(repo.row.clone());
+            }
+        }
+    }
+
+    /// Looks the DID up again (its handle may have changed); the answer comes back through
+    /// `identity_tx`.
+    fn refresh_identity(&mut self, did: &str, ticket: Option<Ticket>) {
+        let Ok(parsed) = Did::parse(did) else {
+            self.tickets.extend(ticket);
+            return;
+        };
+        self.identities_in_flight += 1;
+        let directory = self.directory.clone();
+        let identity_tx = self.identity_tx.clone();
+        let did = did.to_owned();
+        tokio::spawn(async move {
+            directory.purge(&butterfly_syntax::AtIdentifier::Did(parsed.clone()));
+            let handle = match directory.resolve_did(&parsed).await {
+                Ok(identity) if identity.handle_verified => {
+                    identity.handle.map(|h| h.as_str().to_owned())
+                }
+                Ok(_) => None,
+                Err(error) => {
+                    tracing::warn!(did, %error, "identity refresh failed");
+                    None
+                }
+            };
+            let _ = identity_tx.send((did, handle, ticket)).await;
+        });
+    }
+
+    fn on_identity(&mut self, did: String, handle: Option<String>, ticket: Option<Ticket>) {
+        self.identities_in_flight = self.identities_in_flight.saturating_sub(1);
+        self.tickets.extend(ticket);
+        if let Some(repo) = self.repos.get_mut(&did) {
+            if repo.row.handle != handle {
+                repo.row.handle = handle;
+                self.batch.repos.push(repo.row.clone());
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) -> Result<(), Error> {
+        if let Some(verifier) = &self.verifier {
+            // A commit older than what a backfill fetched, or replayed from a cursor behind the
+            // store after a restart, is refused as `stale_rev`: already applied, not a fault.
+            let (stale, refused): (Vec<_>, Vec<_>) = verifier
+                .stats()
+                .rejected()
+                .into_iter()
+                .partition(|(reason, _)| *reason == butterfly_firehose::Reason::StaleRev);
+            let sum =
+                |list: Vec<(butterfly_firehose::Reason, u64)>| list.iter().map(|(_, n)| n).sum();
+            self.stats.rejected.store(sum(refused), Ordering::Relaxed);
+            self.stats
+                .already_applied
+                .store(sum(stale), Ordering::Relaxed);
+        }
+        self.evaluate();
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (did, repo) in &mut self.repos {
+            if repo.phase == Phase::Failed && repo.retry_at.is_some_and(|at| at <= now) {
+                if self.config.once && repo.row.state == SyncState::Failed && repo.attempts == 0 {
+                    continue; // out of attempts in this run
+                }
+                repo.phase = Phase::Queued;
+                repo.retry_at = None;
+                due.push(did.clone());
+            }
+        }
+        due.sort();
+        self.queue.extend(due);
+        self.schedule();
+        self.flush().await
+    }
+
+    /// Sends the batch being built to the writer.
+    async fn flush(&mut self) -> Result<(), Error> {
+        self.send_batch(None).await
+    }
+
+    async fn flush_and_wait(&mut self) -> Result<(), Error> {
+        let (done, written) = oneshot::channel();
+        self.send_batch(Some(done)).await?;
+        written.await.map_err(|_| self.writer.failure())
+    }
+
+    async fn send_batch(&mut self, done: Option<oneshot::Sender<()>>) -> Result<(), Error> {
+        let mut batch = std::mem::take(&mut self.batch);
+        // The last row written per repo is the one that counts.
+        let mut latest: HashMap<String, usize> = HashMap::new();
+        for (i, row) in batch.repos.iter().enumerate() {
+            latest.insert(row.did.clone(), i);
+        }
+        let mut index = 0;
+        batch.repos.retain(|row| {
+            let keep = latest.get(&row.did) == Some(&index);
+            index += 1;
+            keep
+        });
+        // The cursor covers what earlier batches made durable (tickets finish after commit).
+        if let (Some(mark), Some(name)) = (&self.mark, &self.source_name) {
+            if let Some(cursor) = mark.get() {
+                if self.last_cursor != Some(cursor) || done.is_some() {
+                    batch.kv.push((CURSOR_KEY.into(), Some(cursor.to_string())));
+                    batch
+                        .kv
+                        .push((CURSOR_SOURCE_KEY.into(), Some(name.clone())));
+                    self.last_cursor = Some(cursor);
+                    self.stats.cursor.store(cursor, Ordering::Relaxed);
+                }
+            }
+        }
+        let tickets = std::mem::take(&mut self.tickets);
+        let trims = std::mem::take(&mut self.trims);
+        self.batch_events = 0;
+        if batch.is_empty() && tickets.is_empty() && done.is_none() {
+            return Ok(());
+        }
+        self.writer
+            .send(Job::Apply {
+                batch,
+                trims,
+                tickets,
+                mark: self.mark.clone(),
+                done,
+            })
+            .await
+    }
+
+    /// `--once`: every seed known, the selection stable, nothing queued or running.
+    fn finished(&self) -> bool {
+        self.seeds.len() >= self.seed_clauses
+            && !self.dirty
+            && self.queue.is_empty()
+            && self.in_flight == 0
+            && self.identities_in_flight == 0
+            && !self.repos.values().any(|r| {
+                r.phase == Phase::Queued
+                    || (r.phase == Phase::Failed
+                        && !(r.row.state == SyncState::Failed && r.attempts == 0))
+            })
+    }
+
+    fn update_gauges(&self) {
+        self.stats
+            .repos_selected
+            .store(self.repos.len() as u64, Ordering::Relaxed);
+        self.stats.repos_queued.store(
+            (self.queue.len() + self.in_flight) as u64,
+            Ordering::Relaxed,
+        );
+    }
+}

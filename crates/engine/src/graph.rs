@@ -1,0 +1,187 @@
+//! Walk edges in memory, and what retention keeps of each collection.
+
+use butterfly_selector::{EdgeSource, Keep, Selector, WalkKey};
+use butterfly_store::{Edge, RecordKey};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Every walk edge, by the repo whose record holds it.
+#[derive(Default)]
+pub(crate) struct Graph {
+    by_did: HashMap<String, Vec<Edge>>,
+}
+
+impl Graph {
+    pub(crate) fn from_edges(edges: Vec<Edge>) -> Graph {
+        let mut graph = Graph::default();
+        for edge in edges {
+            graph.by_did.entry(edge.did.clone()).or_default().push(edge);
+        }
+        graph
+    }
+
+    /// Replaces a repo's edges (after a backfill).
+    pub(crate) fn set_repo(&mut self, did: &str, edges: Vec<Edge>) {
+        if edges.is_empty() {
+            self.by_did.remove(did);
+        } else {
+            self.by_did.insert(did.to_owned(), edges);
+        }
+    }
+
+    pub(crate) fn remove_repo(&mut self, did: &str) {
+        self.by_did.remove(did);
+    }
+
+    /// Removes the edges of one record; true if there were any.
+    pub(crate) fn remove_record(&mut self, did: &str, collection: &str, rkey: &str) -> bool {
+        let Some(edges) = self.by_did.get_mut(did) else {
+            return false;
+        };
+        let before = edges.len();
+        edges.retain(|e| !(e.collection == collection && e.rkey == rkey));
+        before != edges.len()
+    }
+
+    pub(crate) fn add(&mut self, edge: Edge) {
+        self.by_did.entry(edge.did.clone()).or_default().push(edge);
+    }
+
+    /// The records of a repo that hold edges.
+    pub(crate) fn record_keys(&self, did: &str) -> Vec<RecordKey> {
+        let mut keys: Vec<RecordKey> = self
+            .by_did
+            .get(did)
+            .map(|edges| {
+                edges
+                    .iter()
+                    .map(|e| RecordKey {
+                        did: e.did.clone(),
+                        collection: e.collection.clone(),
+                        rkey: e.rkey.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+}
+
+impl EdgeSource for Graph {
+    fn targets(&self, did: &str, key: &WalkKey) -> Vec<String> {
+        let attr = key.attr.to_string();
+        self.by_did
+            .get(did)
+            .map(|edges| {
+                edges
+                    .iter()
+                    .filter(|e| e.collection == key.collection.as_str() && e.attr == attr)
+                    .map(|e| e.target.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// What the engine needs from the selector while reading records: retention per tag set and
+/// collection (memoised), and which collections hold walk edges.
+pub(crate) struct Rules {
+    pub(crate) selector: Arc<Selector>,
+    walks_by_collection: HashMap<String, Vec<WalkKey>>,
+    keep_cache: std::sync::Mutex<HashMap<(Vec<String>, String), Keep>>,
+}
+
+impl Rules {
+    pub(crate) fn new(selector: Arc<Selector>) -> Rules {
+        let mut walks_by_collection: HashMap<String, Vec<WalkKey>> = HashMap::new();
+        for key in selector.walk_keys() {
+            walks_by_collection
+                .entry(key.collection.as_str().to_owned())
+                .or_default()
+                .push(key);
+        }
+        Rules {
+            selector,
+            walks_by_collection,
+            keep_cache: Default::default(),
+        }
+    }
+
+    /// What a repo with `tags` keeps of `collection`.
+    pub(crate) fn keep(&self, tags: &[String], collection: &str) -> Keep {
+        let key = (tags.to_vec(), collection.to_owned());
+        let mut cache = self.keep_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(keep) = cache.get(&key) {
+            return keep.clone();
+        }
+        let keep = self
+            .selector
+            .retention()
+            .keep(tags.iter().map(String::as_str), collection);
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(key, keep.clone());
+        keep
+    }
+
+    /// True if a collection's records can hold walk edges.
+    pub(crate) fn walks(&self, collection: &str) -> bool {
+        self.walks_by_collection.contains_key(collection)
+    }
+
+    /// The walk edges in one record.
+    pub(crate) fn edges_of(
+        &self,
+        did: &str,
+        collection: &str,
+        rkey: &str,
+        record: &serde_json::Value,
+    ) -> Vec<Edge> {
+        let Some(keys) = self.walks_by_collection.get(collection) else {
+            return Vec::new();
+        };
+        let mut edges = Vec::new();
+        for key in keys {
+            for target in butterfly_selector::dids_at(&key.attr, record) {
+                edges.push(Edge {
+                    did: did.to_owned(),
+                    collection: collection.to_owned(),
+                    rkey: rkey.to_owned(),
+                    attr: key.attr.to_string(),
+                    target,
+                });
+            }
+        }
+        edges
+    }
+
+    /// True if repos with tags `a` and with tags `b` keep the same things. Checked at one
+    /// collection per region the patterns of either set carve out (each pattern, and a name only
+    /// a prefix wildcard or `*` matches).
+    pub(crate) fn same_retention(&self, a: &[String], b: &[String]) -> bool {
+        if a == b {
+            return true;
+        }
+        let mut probes = vec!["zz.butterfly.probe".to_owned()];
+        for tag in a.iter().chain(b) {
+            for pattern in self.selector.retention().patterns(tag) {
+                match pattern.strip_suffix('*') {
+                    Some(prefix) => probes.push(format!("{prefix}zzbutterflyprobe")),
+                    None => probes.push(pattern.to_owned()),
+                }
+            }
+        }
+        probes
+            .iter()
+            .all(|collection| self.keep(a, collection) == self.keep(b, collection))
+    }
+}
+
+/// Whether a record is kept under `keep`: `latest:N` records are kept here and trimmed to N by the
+/// writer.
+pub(crate) fn keeps(keep: &Keep, rkey: &str) -> bool {
+    keep.all || keep.latest > 0 || (keep.self_rkey && rkey == "self")
+}

@@ -1,0 +1,282 @@
+//! The store's own thread: every write goes through one queue, in order.
+//!
+//! One queue gives the ordering the engine relies on: a backfill's chunks are durable before the
+//! batch that marks the repo synced, and a query (a resync's old keys) sees every write queued
+//! before it. Cursor tickets ride with the batch holding their events' effects and are finished
+//! only after that batch commits, so the low-water mark, and thus any cursor written later, never
+//! passes data that is not durable.
+//!
+//! Consecutive backfill-only jobs are merged into one transaction, so that many small repos do not
+//! cost one commit each.
+
+use crate::{Error, Stats};
+use butterfly_firehose::{LowWaterMark, Ticket};
+use butterfly_store::{Action, Batch, Change, Store};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// Keep only the `keep` newest records of one collection of a repo (`latest:N`). Worked out on the
+/// writer thread, against the store as it is when the batch is applied.
+#[derive(Clone, Debug)]
+pub(crate) struct Trim {
+    pub(crate) did: String,
+    pub(crate) collection: String,
+    pub(crate) keep: usize,
+    /// The rev the deletes are attributed to.
+    pub(crate) rev: String,
+}
+
+pub(crate) enum Job {
+    Apply {
+        batch: Batch,
+        trims: Vec<Trim>,
+        tickets: Vec<Ticket>,
+        /// The mark the tickets belong to.
+        mark: Option<Arc<LowWaterMark>>,
+        /// Told once the batch is durable.
+        done: Option<oneshot::Sender<()>>,
+    },
+    RecordKeys {
+        did: String,
+        reply: oneshot::Sender<Result<Vec<(String, String, String)>, butterfly_store::Error>>,
+    },
+}
+
+impl Job {
+    /// A job carrying nothing but backfill chunks, which can merge with its neighbours.
+    fn backfill_only(&self) -> bool {
+        match self {
+            Job::Apply {
+                batch,
+                trims,
+                tickets,
+                done,
+                ..
+            } => {
+                trims.is_empty()
+                    && tickets.is_empty()
+                    && done.is_none()
+                    && batch.purged.is_empty()
+                    && batch.cleared.is_empty()
+                    && batch.changes.is_empty()
+                    && batch.edges_removed.is_empty()
+                    && batch.edges_added.is_empty()
+                    && batch.repos.is_empty()
+                    && batch.kv.is_empty()
+            }
+            Job::RecordKeys { .. } => false,
+        }
+    }
+
+    fn records(&self) -> usize {
+        match self {
+            Job::Apply { batch, .. } => batch.backfill.iter().map(|c| c.records.len()).sum(),
+            Job::RecordKeys { .. } => 0,
+        }
+    }
+}
+
+/// The sending side, with the error that stopped the thread, if any.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    pub(crate) jobs: mpsc::Sender<Job>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+/// Merged backfill transactions stop growing past this many records.
+const MERGE_RECORDS: usize = 50_000;
+
+impl Writer {
+    /// Starts the thread. It ends when every sender is gone, or at the first failed write.
+    pub(crate) fn start(
+        mut store: Box<dyn Store>,
+        stats: Arc<Stats>,
+    ) -> (Writer, std::thread::JoinHandle<Box<dyn Store>>) {
+        let (jobs, mut queue) = mpsc::channel::<Job>(8);
+        let failure = Arc::new(Mutex::new(None));
+        let failure_slot = failure.clone();
+        let handle = std::thread::Builder::new()
+            .name("butterfly-store".into())
+            .spawn(move || {
+                let mut next: Option<Job> = None;
+                loop {
+                    let job = match next.take() {
+                        Some(job) => job,
+                        None => match queue.blocking_recv() {
+                            Some(job) => job,
+                            None => break,
+                        },
+                    };
+                    let job = if job.backfill_only() {
+                        let mut merged = job;
+                        while merged.records() < MERGE_RECORDS {
+                            match queue.try_recv() {
+                                Ok(more) if more.backfill_only() => merge(&mut merged, more),
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        merged
+                    } else {
+                        job
+                    };
+                    if let Err(error) = run_job(store.as_mut(), job, &stats) {
+                        tracing::error!(%error, "store write failed; stopping");
+                        *failure_slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(error.to_string());
+                        break;
+                    }
+                }
+                store
+            })
+            .unwrap_or_else(|e| panic!("cannot start the store thread: {e}"));
+        (Writer { jobs, failure }, handle)
+    }
+
+    /// Queues a job; fails if the thread has stopped.
+    pub(crate) async fn send(&self, job: Job) -> Result<(), Error> {
+        if self.jobs.send(job).await.is_err() {
+            return Err(self.failure());
+        }
+        Ok(())
+    }
+
+    /// The same from a blocking thread.
+    pub(crate) fn blocking_send(&self, job: Job) -> Result<(), Error> {
+        if self.jobs.blocking_send(job).is_err() {
+            return Err(self.failure());
+        }
+        Ok(())
+    }
+
+    /// Why the thread stopped.
+    pub(crate) fn failure(&self) -> Error {
+        let message = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "the store thread is gone".into());
+        Error::Writer(message)
+    }
+
+    /// Every record key of a repo, after every write queued so far.
+    pub(crate) async fn record_keys(
+        &self,
+        did: &str,
+    ) -> Result<Vec<(String, String, String)>, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::RecordKeys {
+            did: did.to_owned(),
+            reply,
+        })
+        .await?;
+        match answer.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(self.failure()),
+        }
+    }
+}
+
+fn merge(into: &mut Job, more: Job) {
+    if let (Job::Apply { batch, .. }, Job::Apply { batch: extra, .. }) = (into, more) {
+        batch.backfill.extend(extra.backfill);
+    }
+}
+
+fn run_job(store: &mut dyn Store, job: Job, stats: &Stats) -> Result<(), butterfly_store::Error> {
+    match job {
+        Job::RecordKeys { did, reply } => {
+            let _ = reply.send(store.record_keys(&did));
+            Ok(())
+        }
+        Job::Apply {
+            mut batch,
+            trims,
+            tickets,
+            mark,
+            done,
+        } => {
+            apply_trims(store, &mut batch, &trims)?;
+            if !batch.is_empty() {
+                store.apply(batch)?;
+                stats.batches_written.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(mark) = mark {
+                for ticket in tickets {
+                    mark.finish(ticket);
+                }
+            }
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Adds the deletes that keep each trimmed collection at its newest `keep` records, counting the
+/// batch's own creates and deletes.
+fn apply_trims(
+    store: &mut dyn Store,
+    batch: &mut Batch,
+    trims: &[Trim],
+) -> Result<(), butterfly_store::Error> {
+    if trims.is_empty() {
+        return Ok(());
+    }
+    // What the batch itself does to each trimmed collection.
+    let mut touched: HashMap<(&str, &str), (BTreeSet<String>, BTreeSet<String>)> = HashMap::new();
+    for trim in trims {
+        touched.entry((&trim.did, &trim.collection)).or_default();
+    }
+    for change in &batch.changes {
+        if let Some((upserted, deleted)) =
+            touched.get_mut(&(change.did.as_str(), change.collection.as_str()))
+        {
+            match change.action {
+                Action::Delete => {
+                    upserted.remove(&change.rkey);
+                    deleted.insert(change.rkey.clone());
+                }
+                Action::Create | Action::Update => {
+                    deleted.remove(&change.rkey);
+                    upserted.insert(change.rkey.clone());
+                }
+            }
+        }
+    }
+    let mut deletes = Vec::new();
+    for trim in trims {
+        let Some((upserted, deleted)) = touched.remove(&(&trim.did, &trim.collection)) else {
+            continue; // a second trim of the same collection
+        };
+        let stored = store.newest_rkeys(&trim.did, &trim.collection, trim.keep + upserted.len())?;
+        let mut all: BTreeSet<String> = stored
+            .into_iter()
+            .filter(|rkey| !deleted.contains(rkey))
+            .collect();
+        all.extend(upserted);
+        let surplus = all.len().saturating_sub(trim.keep);
+        for rkey in all.into_iter().take(surplus) {
+            deletes.push(Change {
+                did: trim.did.clone(),
+                collection: trim.collection.clone(),
+                rkey,
+                action: Action::Delete,
+                cid: None,
+                rev: trim.rev.clone(),
+                json: None,
+                live: true,
+                indexed_at: crate::now_micros(),
+            });
+        }
+    }
+    batch.changes.extend(deletes);
+    Ok(())
+}
