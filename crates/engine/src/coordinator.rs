@@ -115,6 +115,7 @@ pub(crate) async fn run(
         LiveSource::Jetstream(url) => Some(format!("jetstream:{url}")),
     };
     let cursor = match (&source_name, &stored_source) {
+        _ if config.cursor.is_some() => config.cursor,
         (Some(name), Some(stored)) if name == stored => stored_cursor,
         _ => None,
     };
@@ -221,13 +222,16 @@ pub(crate) async fn run(
     let mut ticker = tokio::time::interval(config.batch_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    let mut replay_done = false;
     let result: Result<(), Error> = loop {
         let step = tokio::select! {
             _ = &mut shutdown => break Ok(()),
             event = recv_live(&mut live) => match event {
                 Some(event) => coordinator.on_live(event),
                 None => {
+                    // Only a frame-log replay ends; the network clients reconnect forever.
                     live = None;
+                    replay_done = matches!(&config.live, LiveSource::Relay(url) if url.starts_with("file:"));
                     Ok(())
                 }
             },
@@ -250,7 +254,7 @@ pub(crate) async fn run(
                 break Err(error);
             }
         }
-        if config.once && coordinator.finished() {
+        if (config.once || replay_done) && coordinator.finished() {
             break Ok(());
         }
     };

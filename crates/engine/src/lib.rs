@@ -53,6 +53,8 @@ pub struct EngineConfig {
     pub verify: VerifyMode,
     /// Backfill to the fixpoint, then stop, without a live stream.
     pub once: bool,
+    /// Resume the stream after this seq (Jetstream: µs) instead of the stored cursor.
+    pub cursor: Option<i64>,
     /// Repos fetched at the same time.
     pub backfill_concurrency: usize,
     /// `getRepo` calls in flight per PDS host.
@@ -80,6 +82,7 @@ impl Default for EngineConfig {
             live: LiveSource::None,
             verify: VerifyMode::Strict,
             once: false,
+            cursor: None,
             backfill_concurrency: 16,
             per_host_concurrency: 4,
             backfill_attempts: 3,

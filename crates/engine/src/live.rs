@@ -78,7 +78,8 @@ impl LiveHandle {
     }
 }
 
-/// Starts following a relay or PDS from `cursor`.
+/// Starts following a relay or PDS from `cursor`; `file:PATH` replays a frame log instead (for
+/// benchmarks and offline runs).
 pub(crate) fn start_relay(
     url: &str,
     cursor: Option<i64>,
@@ -86,11 +87,20 @@ pub(crate) fn start_relay(
     tracked: Tracked,
     allow_private_network: bool,
 ) -> Result<LiveHandle, butterfly_stream::Error> {
-    let (connection, mut items) = butterfly_stream::subscribe_repos(
-        url,
-        cursor,
-        StreamConfig::with_private_network(allow_private_network),
-    )?;
+    let (connection, mut items) = match url.strip_prefix("file:") {
+        Some(path) => (
+            None,
+            butterfly_stream::replay_frame_log(std::path::Path::new(path), cursor, 256)?,
+        ),
+        None => {
+            let (connection, items) = butterfly_stream::subscribe_repos(
+                url,
+                cursor,
+                StreamConfig::with_private_network(allow_private_network),
+            )?;
+            (Some(connection), items)
+        }
+    };
     let (mut pipeline, mut outcomes) = Pipeline::start(
         verifier.clone(),
         PipelineConfig {

@@ -387,4 +387,17 @@ mod tests {
         assert_eq!(mark.get(), Some(15));
         assert_eq!(mark.in_flight(), 0);
     }
+
+    #[test]
+    fn passed_seqs_move_the_mark_only_past_finished_events() {
+        let mark = LowWaterMark::new(None);
+        mark.pass(3);
+        assert_eq!(mark.get(), Some(3), "nothing in flight: the mark is the last seq seen");
+        let a = mark.begin(4);
+        mark.pass(5);
+        mark.pass(6);
+        assert_eq!(mark.get(), Some(3), "4 is still being handled");
+        mark.finish(a);
+        assert_eq!(mark.get(), Some(6));
+    }
 }

@@ -39,6 +39,10 @@ pub struct SyncArgs {
     /// Follow this Jetstream /subscribe URL live instead (trusted: nothing to verify).
     #[arg(long, value_name = "URL", env = "BUTTERFLY_JETSTREAM")]
     pub jetstream: Option<String>,
+    /// Resume the stream after this seq (Jetstream: a unix time in µs) instead of the stored
+    /// cursor. `--relay file:PATH` replays a frame log.
+    #[arg(long, value_name = "N")]
+    pub cursor: Option<i64>,
     /// How strictly commits are checked, live and in backfill.
     #[arg(long, value_enum, default_value = "strict", env = "BUTTERFLY_VERIFY")]
     pub verify: VerifyArg,
@@ -199,6 +203,7 @@ pub fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
         live,
         verify: args.verify.into(),
         once: args.once,
+        cursor: args.cursor,
         backfill_concurrency: args.concurrency.max(1),
         per_host_concurrency: args.per_host.max(1),
         spool_dir: args.spool_dir.clone(),

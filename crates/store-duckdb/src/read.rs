@@ -1,0 +1,402 @@
+//! The reads of the [`Store`](butterfly_store::Store) trait.
+//!
+//! DuckDB answers from an index only when the scan has a single filter, an equality (or `IN`)
+//! on an indexed column. Queries here are shaped for that: a record by its `rid` alone, then
+//! the key compared here; a repo's records by `did` alone, with any further condition kept out
+//! of the scan by a `LIMIT` that no row reaches (a filter cannot move below a `LIMIT`).
+
+use butterfly_store::{
+    Backlink, BacklinkPage, BacklinkQuery, Edge, Error, Page, Record, RepoRow, Summary, SyncState,
+};
+use duckdb::{params, params_from_iter, Connection, Row};
+
+use crate::backend;
+use crate::schema::record_id;
+use crate::write::placeholders;
+
+/// The rows of one repo with further conditions applied above the `did` index scan.
+const REPO_ROWS: &str = "(SELECT * FROM records WHERE did = ? LIMIT 9223372036854775807)";
+
+const RECORD_COLUMNS: &str =
+    "did, collection, rkey, cid, rev, record::VARCHAR, epoch_us(indexed_at)";
+
+fn record_from(row: &Row<'_>) -> duckdb::Result<Record> {
+    Ok(Record {
+        did: row.get(0)?,
+        collection: row.get(1)?,
+        rkey: row.get(2)?,
+        cid: row.get(3)?,
+        rev: row.get(4)?,
+        json: row.get(5)?,
+        indexed_at: row.get(6)?,
+    })
+}
+
+pub(crate) fn kv_get(conn: &Connection, key: &str) -> Result<Option<String>, Error> {
+    let mut statement = conn
+        .prepare_cached("SELECT value FROM kv WHERE key = ?")
+        .map_err(backend("read kv"))?;
+    let mut rows = statement
+        .query_map(params![key], |row| row.get::<_, String>(0))
+        .map_err(backend("read kv"))?;
+    rows.next().transpose().map_err(backend("read kv"))
+}
+
+const REPO_COLUMNS: &str = "did, handle, pds, status, state, rev, data_cid, \
+     to_json(tags)::VARCHAR, epoch_us(backfilled_at), error";
+
+type RepoColumns = (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<i64>,
+    Option<String>,
+);
+
+fn repo_columns(row: &Row<'_>) -> duckdb::Result<RepoColumns> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
+    ))
+}
+
+fn repo_row(columns: RepoColumns) -> Result<RepoRow, Error> {
+    let (did, handle, pds, status, state, rev, data_cid, tags, backfilled_at, error) = columns;
+    let state = SyncState::parse(&state)
+        .ok_or_else(|| Error::Corrupt(format!("repo {did}: unknown state {state:?}")))?;
+    let tags: Vec<String> = serde_json::from_str(&tags)
+        .map_err(|err| Error::Corrupt(format!("repo {did}: tags {tags:?}: {err}")))?;
+    Ok(RepoRow {
+        did,
+        handle,
+        pds,
+        status,
+        state,
+        rev,
+        data_cid,
+        tags,
+        backfilled_at,
+        error,
+    })
+}
+
+pub(crate) fn repo(conn: &Connection, did: &str) -> Result<Option<RepoRow>, Error> {
+    let mut statement = conn
+        .prepare_cached(&format!("SELECT {REPO_COLUMNS} FROM repos WHERE did = ?"))
+        .map_err(backend("read a repo row"))?;
+    let found = statement
+        .query_map(params![did], repo_columns)
+        .and_then(|mut rows| rows.next().transpose())
+        .map_err(backend("read a repo row"))?;
+    found.map(repo_row).transpose()
+}
+
+pub(crate) fn repos(conn: &Connection) -> Result<Vec<RepoRow>, Error> {
+    let mut statement = conn
+        .prepare_cached(&format!("SELECT {REPO_COLUMNS} FROM repos ORDER BY did"))
+        .map_err(backend("read repo rows"))?;
+    let rows = statement
+        .query_map([], repo_columns)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(backend("read repo rows"))?;
+    rows.into_iter().map(repo_row).collect()
+}
+
+pub(crate) fn edges(conn: &Connection) -> Result<Vec<Edge>, Error> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT did, collection, rkey, attr, target FROM edges \
+             ORDER BY did, collection, rkey, attr, target",
+        )
+        .map_err(backend("read edges"))?;
+    statement
+        .query_map([], |row| {
+            Ok(Edge {
+                did: row.get(0)?,
+                collection: row.get(1)?,
+                rkey: row.get(2)?,
+                attr: row.get(3)?,
+                target: row.get(4)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(backend("read edges"))
+}
+
+pub(crate) fn record_keys(
+    conn: &Connection,
+    did: &str,
+) -> Result<Vec<(String, String, String)>, Error> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT collection, rkey, cid FROM records WHERE did = ? ORDER BY collection, rkey",
+        )
+        .map_err(backend("read record keys"))?;
+    statement
+        .query_map(params![did], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .and_then(Iterator::collect)
+        .map_err(backend("read record keys"))
+}
+
+pub(crate) fn newest_rkeys(
+    conn: &Connection,
+    did: &str,
+    collection: &str,
+    n: usize,
+) -> Result<Vec<String>, Error> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut statement = conn
+        .prepare_cached(&format!(
+            "SELECT rkey FROM {REPO_ROWS} WHERE collection = ? ORDER BY rkey DESC"
+        ))
+        .map_err(backend("read newest rkeys"))?;
+    statement
+        .query_map(params![did, collection], |row| row.get::<_, String>(0))
+        .and_then(|rows| rows.take(n).collect())
+        .map_err(backend("read newest rkeys"))
+}
+
+pub(crate) fn get_record(
+    conn: &Connection,
+    did: &str,
+    collection: &str,
+    rkey: &str,
+) -> Result<Option<Record>, Error> {
+    let mut statement = conn
+        .prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE rid = ?"
+        ))
+        .map_err(backend("read a record"))?;
+    let rid = record_id(did, collection, rkey);
+    let records = statement
+        .query_map(params![rid], record_from)
+        .and_then(Iterator::collect::<Result<Vec<Record>, _>>)
+        .map_err(backend("read a record"))?;
+    Ok(records
+        .into_iter()
+        .find(|record| record.did == did && record.collection == collection && record.rkey == rkey))
+}
+
+pub(crate) fn list_records(
+    conn: &Connection,
+    did: &str,
+    collection: &str,
+    page: Page<'_>,
+) -> Result<Vec<Record>, Error> {
+    if page.limit == 0 {
+        return Ok(Vec::new());
+    }
+    // First the page's rkeys, from the repo's rows; then the records themselves by rid.
+    let (after, order) = if page.reverse {
+        ("rkey > ?", "ASC")
+    } else {
+        ("rkey < ?", "DESC")
+    };
+    let condition = if page.cursor.is_some() {
+        format!("collection = ? AND {after}")
+    } else {
+        "collection = ?".to_owned()
+    };
+    let sql = format!("SELECT rkey FROM {REPO_ROWS} WHERE {condition} ORDER BY rkey {order}");
+    let mut statement = conn.prepare_cached(&sql).map_err(backend("list records"))?;
+    let rkeys: Vec<String> = match page.cursor {
+        Some(cursor) => statement
+            .query_map(params![did, collection, cursor], |row| row.get(0))
+            .and_then(|rows| rows.take(page.limit).collect()),
+        None => statement
+            .query_map(params![did, collection], |row| row.get(0))
+            .and_then(|rows| rows.take(page.limit).collect()),
+    }
+    .map_err(backend("list records"))?;
+    if rkeys.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let rids: Vec<i64> = rkeys
+        .iter()
+        .map(|rkey| record_id(did, collection, rkey))
+        .collect();
+    let mut statement = conn
+        .prepare(&format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE rid IN ({})",
+            placeholders(rids.len())
+        ))
+        .map_err(backend("list records"))?;
+    let mut found: Vec<Record> = statement
+        .query_map(params_from_iter(&rids), record_from)
+        .and_then(Iterator::collect::<Result<Vec<Record>, _>>)
+        .map_err(backend("list records"))?;
+    found.retain(|record| record.did == did && record.collection == collection);
+    if page.reverse {
+        found.sort_by(|a, b| a.rkey.cmp(&b.rkey));
+    } else {
+        found.sort_by(|a, b| b.rkey.cmp(&a.rkey));
+    }
+    Ok(found)
+}
+
+/// The `WHERE` clause and parameters shared by `backlinks` and `count_backlinks`.
+fn backlink_filter<'a>(
+    target: &'a str,
+    collection: Option<&'a str>,
+    path: Option<&'a str>,
+) -> (String, Vec<String>) {
+    let mut sql = "target = ?".to_owned();
+    let mut params = vec![target.to_owned()];
+    if let Some(collection) = collection {
+        sql.push_str(" AND collection = ?");
+        params.push(collection.to_owned());
+    }
+    if let Some(path) = path {
+        sql.push_str(" AND path = ?");
+        params.push(path.to_owned());
+    }
+    (sql, params)
+}
+
+pub(crate) fn backlinks(
+    conn: &Connection,
+    query: BacklinkQuery<'_>,
+) -> Result<BacklinkPage, Error> {
+    if query.limit == 0 {
+        return Ok(BacklinkPage::default());
+    }
+    let (mut filter, mut params) = backlink_filter(query.target, query.collection, query.path);
+    if let Some(cursor) = query.cursor {
+        // The cursor is the last link of the previous page, as a JSON array of its rkey, DID,
+        // collection and path (the same shape as the in-memory store's).
+        let (rkey, did, collection, path): (String, String, String, String) =
+            serde_json::from_str(cursor)
+                .map_err(|err| Error::Invalid(format!("backlinks cursor {cursor:?}: {err}")))?;
+        filter.push_str(
+            " AND (rkey < ? OR (rkey = ? AND (did > ? OR (did = ? AND (collection > ? \
+             OR (collection = ? AND path > ?))))))",
+        );
+        params.extend([
+            rkey.clone(),
+            rkey,
+            did.clone(),
+            did,
+            collection.clone(),
+            collection,
+            path,
+        ]);
+    }
+    let limit = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let sql = format!(
+        "SELECT rkey, did, collection, path FROM links WHERE {filter} \
+         ORDER BY rkey DESC, did, collection, path LIMIT {limit}"
+    );
+    let mut statement = conn
+        .prepare_cached(&sql)
+        .map_err(backend("list backlinks"))?;
+    let mut links: Vec<Backlink> = statement
+        .query_map(params_from_iter(&params), |row| {
+            Ok(Backlink {
+                rkey: row.get(0)?,
+                did: row.get(1)?,
+                collection: row.get(2)?,
+                path: row.get(3)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(backend("list backlinks"))?;
+    let cursor = if links.len() > query.limit {
+        links.truncate(query.limit);
+        links.last().map(|last| {
+            serde_json::json!([last.rkey, last.did, last.collection, last.path]).to_string()
+        })
+    } else {
+        None
+    };
+    Ok(BacklinkPage { links, cursor })
+}
+
+pub(crate) fn count_backlinks(
+    conn: &Connection,
+    target: &str,
+    collection: Option<&str>,
+    path: Option<&str>,
+) -> Result<u64, Error> {
+    let (filter, params) = backlink_filter(target, collection, path);
+    let mut statement = conn
+        .prepare_cached(&format!("SELECT count(*) FROM links WHERE {filter}"))
+        .map_err(backend("count backlinks"))?;
+    let count: i64 = statement
+        .query_row(params_from_iter(&params), |row| row.get(0))
+        .map_err(backend("count backlinks"))?;
+    Ok(count.unsigned_abs())
+}
+
+/// Names and counts from a `SELECT name, count ... ORDER BY name`.
+fn counts(conn: &Connection, sql: &str) -> Result<Vec<(String, u64)>, Error> {
+    let mut statement = conn.prepare_cached(sql).map_err(backend("summarise"))?;
+    statement
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?.unsigned_abs(),
+            ))
+        })
+        .and_then(Iterator::collect)
+        .map_err(backend("summarise"))
+}
+
+fn count(conn: &Connection, sql: &str) -> Result<u64, Error> {
+    let n: i64 = conn
+        .query_row(sql, [], |row| row.get(0))
+        .map_err(backend("summarise"))?;
+    Ok(n.unsigned_abs())
+}
+
+pub(crate) fn summary(conn: &Connection) -> Result<Summary, Error> {
+    // Tags per repo, each once; records per repo are counted before they meet the tags, so the
+    // join is over repos, not records.
+    const REPO_TAGS: &str = "(SELECT DISTINCT did, tag FROM \
+         (SELECT did, unnest(tags) AS tag FROM repos))";
+    Ok(Summary {
+        repos: count(conn, "SELECT count(*) FROM repos")?,
+        records: count(conn, "SELECT count(*) FROM records")?,
+        repos_by_state: counts(
+            conn,
+            "SELECT state, count(*) FROM repos GROUP BY state ORDER BY state",
+        )?,
+        repos_by_status: counts(
+            conn,
+            "SELECT status, count(*) FROM repos GROUP BY status ORDER BY status",
+        )?,
+        repos_by_tag: counts(
+            conn,
+            &format!("SELECT tag, count(*) FROM {REPO_TAGS} GROUP BY tag ORDER BY tag"),
+        )?,
+        records_by_collection: counts(
+            conn,
+            "SELECT collection, count(*) FROM records GROUP BY collection ORDER BY collection",
+        )?,
+        records_by_tag: counts(
+            conn,
+            &format!(
+                "SELECT tag, coalesce(sum(n), 0)::BIGINT FROM {REPO_TAGS} \
+                 LEFT JOIN (SELECT did, count(*) AS n FROM records GROUP BY did) USING (did) \
+                 GROUP BY tag ORDER BY tag"
+            ),
+        )?,
+    })
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Sync throughput into DuckDB, end to end, on a simulated network:
+#   1. backfill: `butterfly sync --once` of every repo of a network served by `butterfly sim serve`
+#      holding the first half of the log (records/s, peak RSS);
+#   2. live: the second half of the log replayed as the live stream (`--relay file:`), every commit
+#      verified and applied to the database backfilled in step 1 (events/s, peak RSS).
+# Usage: scripts/bench-sync.sh [REPOS] [EVENTS]   (default 10000 repos, 1000000 events)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repos="${1:-10000}"
+events="${2:-1000000}"
+half=$((events / 2))
+work="${BUTTERFLY_BENCH_DIR:-bench-sync}"
+mkdir -p "$work"
+cargo build --release --locked -p butterfly
+bin="${CARGO_TARGET_DIR:-$PWD/target}/release/butterfly"
+
+log="$work/net-$repos-$events.log"
+if [ ! -f "$log" ]; then
+  echo "== generating $events events over $repos repos"
+  "$bin" sim firehose --repos "$repos" --events "$events" --out "$log" \
+    --identities-out "$work/net.json"
+fi
+# The first half of the log: frames are 4-byte big-endian lengths then bytes.
+python3 - "$log" "$work/first-half.log" "$half" <<'PY'
+import sys, struct
+src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open(src, 'rb') as f, open(dst, 'wb') as out:
+    for _ in range(n):
+        head = f.read(4)
+        (length,) = struct.unpack('>I', head)
+        out.write(head + f.read(length))
+PY
+
+coproc SIM { exec "$bin" sim serve --frames "$work/first-half.log" --identities "$work/net.json"; }
+trap 'kill "$SIM_PID" 2>/dev/null || true' EXIT
+read -r ready <&"${SIM[0]}"
+url=$(printf '%s' "$ready" | sed -E 's/.*"url":"([^"]+)".*/\1/')
+printf '{"select":[{"where":{"service":"%s","method":"com.atproto.sync.listRepos","attr":"repos.*.did","pagination":{"param":"cursor","attr":"cursor"}},"tag":"all"}]}' "$url" \
+  > "$work/all.json"
+rm -f "$work/bench.duckdb" "$work/bench.duckdb.wal"
+
+echo "== backfill: sync --once from the simulator at event $half"
+/usr/bin/time -f '%e s, peak RSS %M KiB' "$bin" sync "$work/all.json" --once \
+  --store "duckdb:$work/bench.duckdb" --relay "$url" --plc "$url" --allow-private-network \
+  --concurrency 16 --per-host 16
+"$bin" query --db "$work/bench.duckdb" "SELECT count(*) AS records, count(DISTINCT did) AS repos FROM records"
+
+echo "== live: events $((half + 1))..$events replayed as the stream, verified, into the same database"
+/usr/bin/time -f '%e s, peak RSS %M KiB' "$bin" sync "$work/all.json" \
+  --store "duckdb:$work/bench.duckdb" --relay "file:$log" --cursor "$half" --plc "$url" \
+  --allow-private-network
+"$bin" status --db "$work/bench.duckdb"
