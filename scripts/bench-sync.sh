@@ -42,12 +42,12 @@ rm -f "$work/bench.duckdb" "$work/bench.duckdb.wal"
 
 echo "== backfill: sync --once from the simulator at event $half"
 /usr/bin/time -f '%e s, peak RSS %M KiB' "$bin" sync "$work/all.json" --once \
-  --store "duckdb:$work/bench.duckdb" --relay "$url" --plc "$url" --allow-private-network \
-  --concurrency 16 --per-host 16
+  --store "duckdb:$work/bench.duckdb" --relay "$url" --plc "$url" --handle-resolver "$url" \
+  --allow-private-network --concurrency 16 --per-host 16
 "$bin" query --db "$work/bench.duckdb" "SELECT count(*) AS records, count(DISTINCT did) AS repos FROM records"
 
 echo "== live: events $((half + 1))..$events replayed as the stream, verified, into the same database"
 /usr/bin/time -f '%e s, peak RSS %M KiB' "$bin" sync "$work/all.json" \
   --store "duckdb:$work/bench.duckdb" --relay "file:$log" --cursor "$half" --plc "$url" \
-  --allow-private-network
+  --handle-resolver "$url" --allow-private-network
 "$bin" status --db "$work/bench.duckdb"

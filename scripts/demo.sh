@@ -33,7 +33,7 @@ echo "   $url"
 echo "== butterfly sync examples/profiles.json (stops after 20 s; Ctrl-C stops it too)"
 rm -f "$work/butterfly.duckdb" "$work/butterfly.duckdb.wal"
 timeout --signal=INT --preserve-status 20 "$bin" sync examples/profiles.json \
-  --store "duckdb:$work/butterfly.duckdb" --relay "$url" --plc "$url" --allow-private-network || true
+  --store "duckdb:$work/butterfly.duckdb" --relay "$url" --plc "$url" --handle-resolver "$url" --allow-private-network || true
 
 echo "== butterfly status"
 "$bin" status --db "$work/butterfly.duckdb"

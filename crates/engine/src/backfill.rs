@@ -44,7 +44,6 @@ pub(crate) enum JobKind {
 pub(crate) struct Fetched {
     pub(crate) rev: String,
     pub(crate) data: String,
-    pub(crate) handle: Option<String>,
     pub(crate) pds: Option<String>,
     /// Every walk edge the repo holds now.
     pub(crate) edges: Vec<Edge>,
@@ -99,24 +98,25 @@ impl Backfiller {
     /// Fetches and stores one repo. `Err` is a message for the repo row (the engine retries).
     pub(crate) async fn run(self: Arc<Self>, job: BackfillJob) -> Result<Fetched, String> {
         let did = Did::parse(&job.did).map_err(|e| format!("bad DID: {e}"))?;
-        let identity = self
+        // Only the DID document is needed here (PDS and key); the handle is checked afterwards,
+        // off the backfill's path, because checking it costs DNS and HTTPS lookups.
+        let document = self
             .directory
-            .resolve_did(&did)
+            .did_document(&did)
             .await
             .map_err(|e| format!("resolving {did}: {e}"))?;
-        let pds = identity
-            .pds
-            .clone()
+        let pds = document
+            .pds_endpoint()
             .ok_or_else(|| format!("{did} has no PDS in its DID document"))?;
-        let key = match (self.verify, identity.signing_key.clone()) {
-            (VerifyMode::Off, _) => None,
-            (_, Some(key)) => Some(key),
-            (_, None) => return Err(format!("{did} has no atproto signing key")),
+        let key = match self.verify {
+            VerifyMode::Off => None,
+            _ => Some(
+                document
+                    .signing_key()
+                    .map_err(|e| format!("{did}: {e}"))?
+                    .ok_or_else(|| format!("{did} has no atproto signing key"))?,
+            ),
         };
-        let handle = identity
-            .handle_verified
-            .then(|| identity.handle.as_ref().map(|h| h.as_str().to_owned()))
-            .flatten();
 
         let client = self.client_for(&pds)?;
         let mut body = client
@@ -157,7 +157,6 @@ impl Backfiller {
         Ok(Fetched {
             rev,
             data,
-            handle,
             pds: Some(pds.to_string()),
             edges,
         })
@@ -213,13 +212,22 @@ impl Backfiller {
             };
         let mut sink = Sink::new(self, job, &rev, old_keys);
         let mut source = SharedSource(&car);
+        // Records come grouped by collection; one retention lookup per collection.
+        let mut keep_cache: HashMap<String, butterfly_selector::Keep> = HashMap::new();
         for item in mst::walk(commit.data, &mut source) {
             match item.map_err(|e| format!("walking the MST: {e}"))? {
                 WalkItem::Record { key: path, cid } => {
                     let Some((collection, rkey)) = path.split_once('/') else {
                         return Err(format!("a record path without a collection: {path}"));
                     };
-                    let keep = self.rules.keep(&job.tags, collection);
+                    let keep = match keep_cache.get(collection) {
+                        Some(keep) => *keep,
+                        None => {
+                            let keep = self.rules.keep(&job.tags, collection);
+                            keep_cache.insert(collection.to_owned(), keep);
+                            keep
+                        }
+                    };
                     let kept = keeps(&keep, rkey);
                     let walks = self.rules.walks(collection);
                     if !kept && !walks {
@@ -437,49 +445,64 @@ impl<'a> Sink<'a> {
 
     /// Writes what is left, the resync's deletes and the repo's edges. Returns the edges.
     fn finish(mut self) -> Result<Vec<Edge>, String> {
-        // First backfills with `replace` and no kept record still must clear what was there.
-        if self.first_chunk && matches!(self.job.kind, JobKind::First { replace: true }) {
-            self.first_chunk = false;
-            let mut batch = Batch::default();
-            batch.backfill.push(BackfillChunk {
-                did: self.job.did.clone(),
-                replace: true,
-                records: Vec::new(),
-                edges: Vec::new(),
-            });
-            self.send(batch)?;
-        }
-        if let Some(old) = self.old.take() {
-            // What is left was not seen unchanged, nor rewritten: gone from the repo, or no longer
-            // kept. (Rewritten records were taken out by `emit`.)
-            let mut deletes: Vec<Change> = Vec::new();
-            for ((collection, rkey), _) in old {
-                deletes.push(Change {
-                    did: self.job.did.clone(),
-                    collection,
-                    rkey,
-                    action: Action::Delete,
-                    cid: None,
-                    rev: self.rev.to_owned(),
-                    json: None,
-                    live: false,
-                    indexed_at: crate::now_micros(),
-                });
+        let edges = std::mem::take(&mut self.edges);
+        match &self.job.kind {
+            JobKind::First { replace } => {
+                // The last chunk carries the edges, so that a first backfill is nothing but
+                // chunks, which the writer merges across repos into few transactions. A
+                // `replace` with no kept record still clears what an earlier attempt left.
+                let replace = *replace && self.first_chunk;
+                self.first_chunk = false;
+                let records = std::mem::take(&mut self.records);
+                self.backfiller
+                    .stats
+                    .records_backfilled
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                if replace || !records.is_empty() || !edges.is_empty() {
+                    let mut batch = Batch::default();
+                    batch.backfill.push(BackfillChunk {
+                        did: self.job.did.clone(),
+                        replace,
+                        records,
+                        edges: edges.clone(),
+                    });
+                    self.send(batch)?;
+                }
             }
-            deletes.sort_by(|a, b| (&a.collection, &a.rkey).cmp(&(&b.collection, &b.rkey)));
-            self.changes.extend(deletes);
+            JobKind::Resync { old_edges } => {
+                // What is left was not seen unchanged, nor rewritten: gone from the repo, or no
+                // longer kept. (Rewritten records were taken out by `emit`.)
+                let old = self.old.take().unwrap_or_default();
+                let mut deletes: Vec<Change> = old
+                    .into_keys()
+                    .map(|(collection, rkey)| Change {
+                        did: self.job.did.clone(),
+                        collection,
+                        rkey,
+                        action: Action::Delete,
+                        cid: None,
+                        rev: self.rev.to_owned(),
+                        json: None,
+                        live: false,
+                        indexed_at: crate::now_micros(),
+                    })
+                    .collect();
+                deletes.sort_by(|a, b| (&a.collection, &a.rkey).cmp(&(&b.collection, &b.rkey)));
+                self.changes.extend(deletes);
+                let old_edges = old_edges.clone();
+                self.flush()?;
+                // The old edges go and the new come, in one batch.
+                let batch = Batch {
+                    edges_removed: old_edges,
+                    edges_added: edges.clone(),
+                    ..Batch::default()
+                };
+                if !batch.is_empty() {
+                    self.send(batch)?;
+                }
+            }
         }
-        self.flush()?;
-        // Edges: a first backfill adds them; a resync replaces the old ones.
-        let mut batch = Batch::default();
-        if let JobKind::Resync { old_edges } = &self.job.kind {
-            batch.edges_removed = old_edges.clone();
-        }
-        batch.edges_added = self.edges.clone();
-        if !batch.is_empty() {
-            self.send(batch)?;
-        }
-        Ok(std::mem::take(&mut self.edges))
+        Ok(edges)
     }
 
     fn send(&self, batch: Batch) -> Result<(), String> {
@@ -504,7 +527,6 @@ pub(crate) fn synced_row(
     row.state = SyncState::Synced;
     row.rev = Some(fetched.rev.clone());
     row.data_cid = Some(fetched.data.clone());
-    row.handle = fetched.handle.clone();
     row.pds = fetched.pds.clone();
     row.backfilled_at = Some(crate::now_micros());
     row.error = None;

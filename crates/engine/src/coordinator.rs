@@ -56,6 +56,9 @@ struct Repo {
 /// is fetched again, which covers them.
 const MAX_BUFFERED: usize = 10_000;
 
+/// Handle checks (DNS and HTTPS lookups) running at once at most.
+const IDENTITY_LOOKUPS: usize = 32;
+
 struct Coordinator {
     config: crate::EngineConfig,
     rules: Arc<Rules>,
@@ -78,8 +81,11 @@ struct Coordinator {
     seeds_tx: mpsc::Sender<(usize, Result<Vec<String>, String>)>,
     identity_tx: mpsc::Sender<(String, Option<String>, Option<Ticket>)>,
     identities_in_flight: usize,
-    /// The batch being built, with its `latest:N` trims and the tickets it completes.
+    identity_lookups: Arc<tokio::sync::Semaphore>,
+    /// The batch being built, with its `latest:N` trims and the tickets it completes. Changed
+    /// repo rows are noted in `dirty_rows` and copied into the batch when it is sent.
     batch: Batch,
+    dirty_rows: HashSet<String>,
     trims: Vec<Trim>,
     tickets: Vec<Ticket>,
     batch_events: usize,
@@ -87,6 +93,8 @@ struct Coordinator {
     verifier: Option<Arc<Verifier>>,
     source_name: Option<String>,
     last_cursor: Option<i64>,
+    last_flush: Instant,
+    last_retry_scan: Instant,
 }
 
 pub(crate) async fn run(
@@ -169,7 +177,9 @@ pub(crate) async fn run(
         seeds_tx,
         identity_tx,
         identities_in_flight: 0,
+        identity_lookups: Arc::new(tokio::sync::Semaphore::new(IDENTITY_LOOKUPS)),
         batch: Batch::default(),
+        dirty_rows: HashSet::new(),
         trims: Vec::new(),
         tickets: Vec::new(),
         batch_events: 0,
@@ -177,6 +187,8 @@ pub(crate) async fn run(
         verifier: None,
         source_name,
         last_cursor: cursor,
+        last_flush: Instant::now(),
+        last_retry_scan: Instant::now(),
     };
     coordinator.load(rows);
 
@@ -220,7 +232,7 @@ pub(crate) async fn run(
     coordinator.schedule();
 
     let mut ticker = tokio::time::interval(config.batch_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::pin!(shutdown);
     let mut replay_done = false;
     let result: Result<(), Error> = loop {
@@ -419,7 +431,7 @@ impl Coordinator {
                     let old = std::mem::replace(&mut repo.row.tags, tags);
                     repo.purge_after_fetch = false;
                     let same = self.rules.same_retention(&old, &repo.row.tags);
-                    self.batch.repos.push(repo.row.clone());
+                    self.dirty_rows.insert(repo.row.did.clone());
                     if !same {
                         self.resync(&did);
                     }
@@ -446,7 +458,7 @@ impl Coordinator {
                 backfilled_at: None,
                 error: None,
             };
-            self.batch.repos.push(row.clone());
+            self.dirty_rows.insert(did.clone());
             self.tracked
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
@@ -491,7 +503,7 @@ impl Coordinator {
             .unwrap_or_else(|p| p.into_inner())
             .remove(did);
         self.graph.remove_repo(did);
-        self.batch.repos.retain(|row| row.did != did);
+        self.dirty_rows.remove(did);
         self.batch.purged.push(did.to_owned());
         self.dirty = true;
     }
@@ -511,7 +523,7 @@ impl Coordinator {
                 }
                 repo.phase = Phase::Queued;
                 repo.retry_at = None;
-                self.batch.repos.push(repo.row.clone());
+                self.dirty_rows.insert(repo.row.did.clone());
                 self.queue.push_back(did.to_owned());
             }
         }
@@ -600,11 +612,15 @@ impl Coordinator {
                         .same_retention(&repo.fetching_tags, &repo.row.tags);
                 let refetch = repo.refetch || retention_changed;
                 let buffered = std::mem::take(&mut repo.buffered);
-                self.batch.repos.push(repo.row.clone());
+                self.dirty_rows.insert(repo.row.did.clone());
                 self.graph.set_repo(&did, fetched.edges);
                 self.dirty = true;
                 for event in buffered {
                     self.apply_live(event);
+                }
+                // The handle, checked both ways, arrives later through `identity_tx`.
+                if self.repos.get(&did).is_some_and(|r| r.row.handle.is_none()) {
+                    self.refresh_identity(&did, None, false);
                 }
                 if refetch {
                     self.resync(&did);
@@ -627,7 +643,7 @@ impl Coordinator {
                 for event in std::mem::take(&mut repo.buffered) {
                     self.tickets.extend(event.ticket);
                 }
-                self.batch.repos.push(repo.row.clone());
+                self.dirty_rows.insert(repo.row.did.clone());
             }
         }
         self.schedule();
@@ -688,7 +704,7 @@ impl Coordinator {
             LiveBody::Resync => self.resync(&did),
             // The event's handle is only a hint: the DID is looked up again and the handle checked
             // both ways.
-            LiveBody::Identity => self.refresh_identity(&did, ticket),
+            LiveBody::Identity => self.refresh_identity(&did, ticket, true),
             LiveBody::Account { active, status } => {
                 let status = if active {
                     "active".to_owned()
@@ -707,14 +723,14 @@ impl Coordinator {
                     self.batch.edges_added.retain(|e| e.did != did);
                     self.graph.remove_repo(&did);
                     self.dirty = true;
-                    self.batch.repos.push(repo.row.clone());
+                    self.dirty_rows.insert(repo.row.did.clone());
                 } else if status != "deleted" && was == "deleted" {
                     // Back (a mistaken deletion undone): fetch what was cleared.
-                    self.batch.repos.push(repo.row.clone());
+                    self.dirty_rows.insert(repo.row.did.clone());
                     repo.row.state = SyncState::Resync;
                     self.resync(&did);
                 } else {
-                    self.batch.repos.push(repo.row.clone());
+                    self.dirty_rows.insert(repo.row.did.clone());
                 }
             }
             LiveBody::Commit { rev, data, ops } => {
@@ -776,7 +792,7 @@ impl Coordinator {
                         action: op.action,
                         cid: op.cid,
                         rev: rev.clone(),
-                        json: op.record.map(|r| r.to_string()),
+                        json: op.json,
                         live: true,
                         indexed_at: crate::now_micros(),
                     });
@@ -788,14 +804,15 @@ impl Coordinator {
                 if data.is_some() {
                     repo.row.data_cid = data;
                 }
-                self.batch.repos.push(repo.row.clone());
+                self.dirty_rows.insert(repo.row.did.clone());
             }
         }
     }
 
-    /// Looks the DID up again (its handle may have changed); the answer comes back through
-    /// `identity_tx`.
-    fn refresh_identity(&mut self, did: &str, ticket: Option<Ticket>) {
+    /// Looks the DID up (again, with `purge`: its handle may have changed) and checks its handle
+    /// both ways; the answer comes back through `identity_tx`. At most `IDENTITY_LOOKUPS` run at
+    /// once.
+    fn refresh_identity(&mut self, did: &str, ticket: Option<Ticket>, purge: bool) {
         let Ok(parsed) = Did::parse(did) else {
             self.tickets.extend(ticket);
             return;
@@ -804,8 +821,12 @@ impl Coordinator {
         let directory = self.directory.clone();
         let identity_tx = self.identity_tx.clone();
         let did = did.to_owned();
+        let lookups = self.identity_lookups.clone();
         tokio::spawn(async move {
-            directory.purge(&butterfly_syntax::AtIdentifier::Did(parsed.clone()));
+            let _permit = lookups.acquire().await;
+            if purge {
+                directory.purge(&butterfly_syntax::AtIdentifier::Did(parsed.clone()));
+            }
             let handle = match directory.resolve_did(&parsed).await {
                 Ok(identity) if identity.handle_verified => {
                     identity.handle.map(|h| h.as_str().to_owned())
@@ -826,7 +847,7 @@ impl Coordinator {
         if let Some(repo) = self.repos.get_mut(&did) {
             if repo.row.handle != handle {
                 repo.row.handle = handle;
-                self.batch.repos.push(repo.row.clone());
+                self.dirty_rows.insert(repo.row.did.clone());
             }
         }
     }
@@ -849,6 +870,16 @@ impl Coordinator {
         }
         self.evaluate();
         let now = Instant::now();
+        // A tick can come right after a flush that waited for the writer; batches written back to
+        // back would be tiny, and each costs a commit. So a batch is written at most once per
+        // interval (or when full), and the retry scan runs once a second.
+        if now.duration_since(self.last_flush) < self.config.batch_interval {
+            return Ok(());
+        }
+        if now.duration_since(self.last_retry_scan) < Duration::from_secs(1) {
+            return self.flush().await;
+        }
+        self.last_retry_scan = now;
         let mut due = Vec::new();
         for (did, repo) in &mut self.repos {
             if repo.phase == Phase::Failed && repo.retry_at.is_some_and(|at| at <= now) {
@@ -878,18 +909,14 @@ impl Coordinator {
     }
 
     async fn send_batch(&mut self, done: Option<oneshot::Sender<()>>) -> Result<(), Error> {
+        self.last_flush = Instant::now();
         let mut batch = std::mem::take(&mut self.batch);
-        // The last row written per repo is the one that counts.
-        let mut latest: HashMap<String, usize> = HashMap::new();
-        for (i, row) in batch.repos.iter().enumerate() {
-            latest.insert(row.did.clone(), i);
-        }
-        let mut index = 0;
-        batch.repos.retain(|row| {
-            let keep = latest.get(&row.did) == Some(&index);
-            index += 1;
-            keep
-        });
+        let mut dirty: Vec<String> = self.dirty_rows.drain().collect();
+        dirty.sort();
+        batch.repos = dirty
+            .iter()
+            .filter_map(|did| self.repos.get(did).map(|repo| repo.row.clone()))
+            .collect();
         // The cursor covers what earlier batches made durable (tickets finish after commit).
         if let (Some(mark), Some(name)) = (&self.mark, &self.source_name) {
             if let Some(cursor) = mark.get() {

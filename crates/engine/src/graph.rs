@@ -114,7 +114,7 @@ impl Rules {
         let key = (tags.to_vec(), collection.to_owned());
         let mut cache = self.keep_cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(keep) = cache.get(&key) {
-            return keep.clone();
+            return *keep;
         }
         let keep = self
             .selector
@@ -123,7 +123,7 @@ impl Rules {
         if cache.len() > 100_000 {
             cache.clear();
         }
-        cache.insert(key, keep.clone());
+        cache.insert(key, keep);
         keep
     }
 

@@ -59,6 +59,8 @@ pub(crate) struct LiveOp {
     pub(crate) action: Action,
     pub(crate) cid: Option<String>,
     pub(crate) record: Option<serde_json::Value>,
+    /// `record` as text, made here (on the stream's tasks) rather than on the coordinator.
+    pub(crate) json: Option<String>,
 }
 
 /// What the coordinator holds of a running stream.
@@ -269,6 +271,7 @@ fn live_op(op: &RepoOp, blocks: Option<&butterfly_repo::CarSlice>) -> Option<Liv
         rkey: rkey.to_owned(),
         action,
         cid: cid.map(|c| c.to_string()),
+        json: record.as_ref().map(|r| r.to_string()),
         record,
     })
 }
@@ -349,6 +352,7 @@ pub(crate) fn start_jetstream(
                             rkey: commit.rkey.as_str().to_owned(),
                             action,
                             cid: commit.cid.map(|c| c.as_str().to_owned()),
+                            json: commit.record.as_ref().map(|r| r.to_string()),
                             record: commit.record,
                         }],
                     }

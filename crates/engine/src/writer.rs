@@ -94,7 +94,7 @@ impl Writer {
         mut store: Box<dyn Store>,
         stats: Arc<Stats>,
     ) -> (Writer, std::thread::JoinHandle<Box<dyn Store>>) {
-        let (jobs, mut queue) = mpsc::channel::<Job>(8);
+        let (jobs, mut queue) = mpsc::channel::<Job>(32);
         let failure = Arc::new(Mutex::new(None));
         let failure_slot = failure.clone();
         let handle = std::thread::Builder::new()
