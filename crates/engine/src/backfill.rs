@@ -434,7 +434,7 @@ impl<'a> Sink<'a> {
         self.backfiller
             .writer
             .blocking_send(Job::Apply {
-                batch,
+                batch: Box::new(batch),
                 trims: Vec::new(),
                 tickets: Vec::new(),
                 mark: None,
@@ -509,7 +509,7 @@ impl<'a> Sink<'a> {
         self.backfiller
             .writer
             .blocking_send(Job::Apply {
-                batch,
+                batch: Box::new(batch),
                 trims: Vec::new(),
                 tickets: Vec::new(),
                 mark: None,

@@ -938,7 +938,7 @@ impl Coordinator {
         }
         self.writer
             .send(Job::Apply {
-                batch,
+                batch: Box::new(batch),
                 trims,
                 tickets,
                 mark: self.mark.clone(),

@@ -28,9 +28,15 @@ pub(crate) struct Trim {
     pub(crate) rev: String,
 }
 
+/// A repo's records as `(collection, rkey, cid)`.
+pub(crate) type RecordKeys = Vec<(String, String, String)>;
+
+/// What a batch does to one trimmed collection: rkeys upserted, rkeys deleted.
+type Touched = (BTreeSet<String>, BTreeSet<String>);
+
 pub(crate) enum Job {
     Apply {
-        batch: Batch,
+        batch: Box<Batch>,
         trims: Vec<Trim>,
         tickets: Vec<Ticket>,
         /// The mark the tickets belong to.
@@ -40,7 +46,7 @@ pub(crate) enum Job {
     },
     RecordKeys {
         did: String,
-        reply: oneshot::Sender<Result<Vec<(String, String, String)>, butterfly_store::Error>>,
+        reply: oneshot::Sender<Result<RecordKeys, butterfly_store::Error>>,
     },
 }
 
@@ -169,7 +175,7 @@ impl Writer {
     pub(crate) async fn record_keys(
         &self,
         did: &str,
-    ) -> Result<Vec<(String, String, String)>, Error> {
+    ) -> Result<RecordKeys, Error> {
         let (reply, answer) = oneshot::channel();
         self.send(Job::RecordKeys {
             did: did.to_owned(),
@@ -204,7 +210,7 @@ fn run_job(store: &mut dyn Store, job: Job, stats: &Stats) -> Result<(), butterf
         } => {
             apply_trims(store, &mut batch, &trims)?;
             if !batch.is_empty() {
-                store.apply(batch)?;
+                store.apply(*batch)?;
                 stats.batches_written.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(mark) = mark {
@@ -231,7 +237,7 @@ fn apply_trims(
         return Ok(());
     }
     // What the batch itself does to each trimmed collection.
-    let mut touched: HashMap<(&str, &str), (BTreeSet<String>, BTreeSet<String>)> = HashMap::new();
+    let mut touched: HashMap<(&str, &str), Touched> = HashMap::new();
     for trim in trims {
         touched.entry((&trim.did, &trim.collection)).or_default();
     }

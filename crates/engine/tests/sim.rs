@@ -1,5 +1,6 @@
 //! The engine against the simulated network: backfill while the firehose runs, then follow it to
 //! the end; the store must equal the simulator's ground truth for every selected repo.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use butterfly_engine::{Engine, EngineConfig, LiveSource};
 use butterfly_identity::{CacheConfig, Directory, Resolver, ResolverConfig};

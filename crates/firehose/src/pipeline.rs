@@ -392,7 +392,11 @@ mod tests {
     fn passed_seqs_move_the_mark_only_past_finished_events() {
         let mark = LowWaterMark::new(None);
         mark.pass(3);
-        assert_eq!(mark.get(), Some(3), "nothing in flight: the mark is the last seq seen");
+        assert_eq!(
+            mark.get(),
+            Some(3),
+            "nothing in flight: the mark is the last seq seen"
+        );
         let a = mark.begin(4);
         mark.pass(5);
         mark.pass(6);

@@ -129,7 +129,12 @@ fn cpu_seconds() -> f64 {
     // Fields after the command name, which is in parentheses and may hold spaces.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |idx: usize| fields.get(idx).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |idx: usize| {
+        fields
+            .get(idx)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the whole line, 11 and 12 after the name; the
     // kernel counts them in USER_HZ, which is 100 on Linux.
     (ticks(11) + ticks(12)) / 100.0

@@ -167,10 +167,8 @@ impl Store for DuckDbStore {
         self.conn
             .execute_batch("BEGIN TRANSACTION")
             .map_err(backend("begin a transaction"))?;
-        let t0 = std::time::Instant::now();
         let result = write::apply(&self.conn, &batch)
             .and_then(|()| self.conn.execute_batch("COMMIT").map_err(backend("commit")));
-        eprintln!("total with commit {:?}", t0.elapsed());
         if result.is_err() {
             // After a failed COMMIT DuckDB has rolled back already; this ROLLBACK then fails,
             // which is fine.

@@ -234,7 +234,7 @@ pub(crate) fn list_records(
         .map(|rkey| record_id(did, collection, rkey))
         .collect();
     let mut statement = conn
-        .prepare(&format!(
+        .prepare_cached(&format!(
             "SELECT {RECORD_COLUMNS} FROM records WHERE rid IN ({})",
             placeholders(rids.len())
         ))

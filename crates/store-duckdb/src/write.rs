@@ -179,7 +179,11 @@ pub(crate) fn apply(conn: &Connection, batch: &Batch) -> Result<(), Error> {
     for edge in &batch.edges_added {
         edges.add(edge);
     }
-    let written = overlay.ops.iter().flatten().filter_map(|(_, source)| *source);
+    let written = overlay
+        .ops
+        .iter()
+        .flatten()
+        .filter_map(|(_, source)| *source);
 
     let mut writes = vec![false; sources.len()];
     for idx in written {
@@ -505,7 +509,10 @@ fn write_records(
 /// `DELETE FROM <table> WHERE did IN (...)`, a thousand DIDs at a time.
 fn delete_where_did_in(conn: &Connection, table: &str, dids: &[&str]) -> Result<(), Error> {
     for part in dids.chunks(KEYS_PER_STATEMENT) {
-        let sql = format!("DELETE FROM {table} WHERE did IN ({})", placeholders(part.len()));
+        let sql = format!(
+            "DELETE FROM {table} WHERE did IN ({})",
+            placeholders(part.len())
+        );
         conn.execute(&sql, params_from_iter(part))
             .map_err(backend("delete repos' rows"))?;
     }
@@ -520,54 +527,39 @@ fn delete_keys(
     overlay: &Overlay<'_>,
     wiped: &HashSet<&str>,
 ) -> Result<Vec<StoredRecord>, Error> {
-    // Most keys of a backfill belong to repos with nothing stored yet: ask once which repos
-    // have records, and look up keys only in those.
+    let keys: Vec<Key<'_>> = overlay
+        .ops
+        .iter()
+        .flatten()
+        .map(|(key, _)| *key)
+        .filter(|key| !wiped.contains(key.0))
+        .collect();
+    // A backfill writes many keys of few repos, most with nothing stored yet: then it is
+    // cheaper to ask first which repos have records, and look up keys only in those. Live
+    // changes touch about one key per repo, most of which exist: then look them all up.
     let dids: Vec<&str> = overlay
         .by_did
         .keys()
         .copied()
         .filter(|did| !wiped.contains(did))
         .collect();
-    // DuckDB takes a string `IN` list of more than about twenty values to a full scan instead of
-    // the index, so the question goes in groups of sixteen (padded with repeats), one `UNION
-    // ALL` branch each, in statements of up to a thousand DIDs.
-    let mut stored_dids: HashSet<String> = HashSet::new();
-    for part in dids.chunks(KEYS_PER_STATEMENT) {
-        let n_groups = part.len().div_ceil(DIDS_PER_LOOKUP);
-        let branch = format!(
-            "SELECT did FROM records WHERE did IN ({})",
-            placeholders(DIDS_PER_LOOKUP)
-        );
-        let sql = format!(
-            "SELECT DISTINCT did FROM ({})",
-            vec![branch; n_groups].join(" UNION ALL ")
-        );
-        let padded = part
-            .chunks(DIDS_PER_LOOKUP)
-            .flat_map(|group| group.iter().chain(std::iter::repeat(&group[0])).take(DIDS_PER_LOOKUP));
-        let mut statement = conn
-            .prepare_cached(&sql)
-            .map_err(backend("find stored repos"))?;
-        let found = statement
-            .query_map(params_from_iter(padded), |row| row.get::<_, String>(0))
-            .and_then(Iterator::collect::<Result<Vec<String>, _>>)
-            .map_err(backend("find stored repos"))?;
-        stored_dids.extend(found);
-    }
-    if stored_dids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let keys: Vec<Key<'_>> = overlay
-        .ops
-        .iter()
-        .flatten()
-        .map(|(key, _)| *key)
-        .filter(|key| stored_dids.contains(key.0))
-        .collect();
+    let keys = if keys.len() > KEYS_PER_STATEMENT && keys.len() >= 8 * dids.len() {
+        let stored = stored_repos(conn, &dids)?;
+        if stored.is_empty() {
+            return Ok(Vec::new());
+        }
+        keys.into_iter()
+            .filter(|key| stored.contains(key.0))
+            .collect()
+    } else {
+        keys
+    };
 
+    // Rows found under a key's rid but with another key are collisions, unless that key is
+    // being deleted too (perhaps in another statement).
+    let wanted: HashSet<Key<'_>> = keys.iter().copied().collect();
     let mut victims = Vec::new();
     for part in keys.chunks(KEYS_PER_STATEMENT) {
-        let wanted: HashSet<Key<'_>> = part.iter().copied().collect();
         let rids = part
             .iter()
             .map(|(did, collection, rkey)| record_id(did, collection, rkey).to_string())
@@ -608,6 +600,40 @@ fn delete_keys(
         .map_err(backend("delete replaced records"))?;
     }
     Ok(victims)
+}
+
+/// Which of `dids` have records.
+fn stored_repos(conn: &Connection, dids: &[&str]) -> Result<HashSet<String>, Error> {
+    // DuckDB takes a string `IN` list of more than about twenty values to a full scan instead of
+    // the index, so the question goes in groups of sixteen (padded with repeats), one `UNION
+    // ALL` branch each, in statements of up to a thousand DIDs.
+    let mut stored: HashSet<String> = HashSet::new();
+    for part in dids.chunks(KEYS_PER_STATEMENT) {
+        let n_groups = part.len().div_ceil(DIDS_PER_LOOKUP);
+        let branch = format!(
+            "SELECT did FROM records WHERE did IN ({})",
+            placeholders(DIDS_PER_LOOKUP)
+        );
+        let sql = format!(
+            "SELECT DISTINCT did FROM ({})",
+            vec![branch; n_groups].join(" UNION ALL ")
+        );
+        let padded = part.chunks(DIDS_PER_LOOKUP).flat_map(|group| {
+            group
+                .iter()
+                .chain(std::iter::repeat(&group[0]))
+                .take(DIDS_PER_LOOKUP)
+        });
+        let mut statement = conn
+            .prepare_cached(&sql)
+            .map_err(backend("find stored repos"))?;
+        let found = statement
+            .query_map(params_from_iter(padded), |row| row.get::<_, String>(0))
+            .and_then(Iterator::collect::<Result<Vec<String>, _>>)
+            .map_err(backend("find stored repos"))?;
+        stored.extend(found);
+    }
+    Ok(stored)
 }
 
 /// A stored record read back, to be written again.
