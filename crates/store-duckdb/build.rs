@@ -37,7 +37,8 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=DUCKDB_LIB_DIR");
     println!("cargo:rerun-if-env-changed=BUTTERFLY_DUCKDB_CACHE");
-    if env::var_os("CARGO_FEATURE_BUNDLED").is_some() {
+    // docs.rs builds documentation without network access, and needs no library for it.
+    if env::var_os("CARGO_FEATURE_BUNDLED").is_some() || env::var_os("DOCS_RS").is_some() {
         return;
     }
     if let Err(message) = run() {

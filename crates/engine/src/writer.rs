@@ -172,10 +172,7 @@ impl Writer {
     }
 
     /// Every record key of a repo, after every write queued so far.
-    pub(crate) async fn record_keys(
-        &self,
-        did: &str,
-    ) -> Result<RecordKeys, Error> {
+    pub(crate) async fn record_keys(&self, did: &str) -> Result<RecordKeys, Error> {
         let (reply, answer) = oneshot::channel();
         self.send(Job::RecordKeys {
             did: did.to_owned(),

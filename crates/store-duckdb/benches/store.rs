@@ -2,7 +2,7 @@
 //!
 //! `cargo bench -p butterfly-store-duckdb` loads 10,000 repos of 100 posts each (replies with a
 //! mention, so every record has three links) as the engine sends a backfill: one chunk per repo,
-//! 500 repos per batch. Then it applies live batches of 1,000 changes (70% creates, 20% deletes,
+//! about 50,000 records per batch. Then it applies live batches of 1,000 changes (70% creates, 20% deletes,
 //! 10% updates) and times reads. Only `apply` and the reads are timed; making the batches is not.
 //!
 //! `BENCH_REPOS`, `BENCH_RECORDS` (per repo), `BENCH_LIVE_BATCHES` and `BENCH_DIR` (where the
@@ -49,7 +49,7 @@ fn base32(mut value: u64, len: usize, alphabet: &[u8; 32]) -> String {
 }
 
 fn did(repo: usize) -> String {
-    let mut rng = Rng(repo as u64 * 0x9e37_79b9_7f4a_7c15 + 1);
+    let mut rng = Rng((repo as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let high = rng.next();
     let low = rng.next();
     format!(
@@ -158,7 +158,8 @@ fn main() -> anyhow::Result<()> {
     let n_repos = env_number("BENCH_REPOS", if quick { 200 } else { 10_000 });
     let per_repo = env_number("BENCH_RECORDS", 100);
     let n_live = env_number("BENCH_LIVE_BATCHES", if quick { 3 } else { 100 });
-    let repos_per_batch = 500;
+    // About 50,000 records per batch, one chunk per repo.
+    let repos_per_batch = (50_000 / per_repo.max(1)).max(1);
 
     let dir = match std::env::var_os("BENCH_DIR") {
         Some(dir) => tempfile::tempdir_in(dir)?,

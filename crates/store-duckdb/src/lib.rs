@@ -6,9 +6,9 @@
 //! before `apply` returns, so a crash loses nothing that was applied, and never leaves part of
 //! a batch. [`DuckDbStore::run_sql`] runs any SQL for `butterfly query`.
 //!
-//! One process at a time may open a file for writing (DuckDB locks it); within that process,
-//! [`DuckDbStore::try_clone`] gives more connections to the same database. A read-only open
-//! waits for no one but fails while a writer holds the file.
+//! One process at a time may open a file for writing (DuckDB locks it), and while it does no
+//! other process can open it at all; within that process, [`DuckDbStore::try_clone`] gives more
+//! connections to the same database.
 //!
 //! The crate links the prebuilt libduckdb unless built with the `bundled` feature; README.md
 //! explains how the build finds it.

@@ -12,10 +12,12 @@ use duckdb::{params, params_from_iter, Connection, Row};
 
 use crate::backend;
 use crate::schema::record_id;
-use crate::write::placeholders;
 
-/// The rows of one repo with further conditions applied above the `did` index scan.
-const REPO_ROWS: &str = "(SELECT * FROM records WHERE did = ? LIMIT 9223372036854775807)";
+/// A subquery for `columns` of one repo's records (the DID is its parameter), so that further
+/// conditions apply above the `did` index scan rather than in it.
+fn repo_rows(columns: &str) -> String {
+    format!("(SELECT {columns} FROM records WHERE did = ? LIMIT 9223372036854775807)")
+}
 
 const RECORD_COLUMNS: &str =
     "did, collection, rkey, cid, rev, record::VARCHAR, epoch_us(indexed_at)";
@@ -164,7 +166,8 @@ pub(crate) fn newest_rkeys(
     }
     let mut statement = conn
         .prepare_cached(&format!(
-            "SELECT rkey FROM {REPO_ROWS} WHERE collection = ? ORDER BY rkey DESC"
+            "SELECT rkey FROM {} WHERE collection = ? ORDER BY rkey DESC",
+            repo_rows("collection, rkey")
         ))
         .map_err(backend("read newest rkeys"))?;
     statement
@@ -203,7 +206,6 @@ pub(crate) fn list_records(
     if page.limit == 0 {
         return Ok(Vec::new());
     }
-    // First the page's rkeys, from the repo's rows; then the records themselves by rid.
     let (after, order) = if page.reverse {
         ("rkey > ?", "ASC")
     } else {
@@ -214,42 +216,22 @@ pub(crate) fn list_records(
     } else {
         "collection = ?".to_owned()
     };
-    let sql = format!("SELECT rkey FROM {REPO_ROWS} WHERE {condition} ORDER BY rkey {order}");
+    // No LIMIT here: DuckDB plans ORDER BY with LIMIT as a top-N with late materialisation,
+    // which scans the whole table instead of the index. Rows past the page are not read.
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM {} WHERE {condition} ORDER BY rkey {order}",
+        repo_rows("*")
+    );
     let mut statement = conn.prepare_cached(&sql).map_err(backend("list records"))?;
-    let rkeys: Vec<String> = match page.cursor {
+    match page.cursor {
         Some(cursor) => statement
-            .query_map(params![did, collection, cursor], |row| row.get(0))
+            .query_map(params![did, collection, cursor], record_from)
             .and_then(|rows| rows.take(page.limit).collect()),
         None => statement
-            .query_map(params![did, collection], |row| row.get(0))
+            .query_map(params![did, collection], record_from)
             .and_then(|rows| rows.take(page.limit).collect()),
     }
-    .map_err(backend("list records"))?;
-    if rkeys.is_empty() {
-        return Ok(Vec::new());
-    }
-
-    let rids: Vec<i64> = rkeys
-        .iter()
-        .map(|rkey| record_id(did, collection, rkey))
-        .collect();
-    let mut statement = conn
-        .prepare_cached(&format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE rid IN ({})",
-            placeholders(rids.len())
-        ))
-        .map_err(backend("list records"))?;
-    let mut found: Vec<Record> = statement
-        .query_map(params_from_iter(&rids), record_from)
-        .and_then(Iterator::collect::<Result<Vec<Record>, _>>)
-        .map_err(backend("list records"))?;
-    found.retain(|record| record.did == did && record.collection == collection);
-    if page.reverse {
-        found.sort_by(|a, b| a.rkey.cmp(&b.rkey));
-    } else {
-        found.sort_by(|a, b| b.rkey.cmp(&a.rkey));
-    }
-    Ok(found)
+    .map_err(backend("list records"))
 }
 
 /// The `WHERE` clause and parameters shared by `backlinks` and `count_backlinks`.

@@ -796,6 +796,6 @@ fn set_kv(conn: &Connection, entries: &[(String, Option<String>)]) -> Result<(),
 }
 
 /// `?, ?, ?` for `n` parameters.
-pub(crate) fn placeholders(n: usize) -> String {
+fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }

@@ -406,23 +406,24 @@ fn spawn_child(test: &str, role: &str, path: &Path) -> Child {
         .expect("the child starts")
 }
 
-/// Reads the child's output until a line equal to `marker`.
+/// Reads the child's output until a line that ends with `<marker>`.
 fn wait_for(child: &mut Child, marker: &str) {
     let stdout = child.stdout.as_mut().expect("the child's stdout");
     let mut lines = BufReader::new(stdout).lines();
     loop {
         match lines.next() {
-            Some(Ok(line)) if line == marker => return,
+            // libtest writes the test's name before it, on the same line.
+            Some(Ok(line)) if line.ends_with(&format!("<{marker}>")) => return,
             Some(Ok(_)) => continue,
             other => panic!("the child ended before saying {marker:?}: {other:?}"),
         }
     }
 }
 
-/// Tells the parent `marker`.
+/// Tells the parent `marker`, as `<marker>`.
 fn say(marker: &str) {
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "{marker}").expect("write to the parent");
+    writeln!(stdout, "<{marker}>").expect("write to the parent");
     stdout.flush().expect("flush to the parent");
 }
 
