@@ -77,7 +77,7 @@ async fn rate_limit(State(shared): State<Arc<Shared>>, request: Request, next: N
     if path.starts_with("/xrpc/") && path != SUBSCRIBE_REPOS {
         let n = bump(&shared.counters.xrpc_requests);
         let every = shared.faults.rate_limit_every;
-        if every > 0 && n % every == 0 {
+        if every > 0 && n.is_multiple_of(every) {
             bump(&shared.counters.rate_limited);
             let mut response = error(
                 StatusCode::TOO_MANY_REQUESTS,

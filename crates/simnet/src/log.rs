@@ -57,7 +57,7 @@ impl LoadedLog {
             }
             if let (Message::Commit(commit), Some(key)) = (&message, &forger) {
                 n_commits += 1;
-                if n_commits % forge_every == 0 {
+                if n_commits.is_multiple_of(forge_every) {
                     let forged_frame = forge(commit.clone(), key).map_err(bad)?;
                     forged.insert(index, Bytes::from(forged_frame));
                 }

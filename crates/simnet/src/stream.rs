@@ -93,7 +93,7 @@ pub(crate) async fn connection(shared: Arc<Shared>, socket: WebSocket, cursor: O
                     }
                 }
             }
-            if faults.malformed_every > 0 && (sent + 1) % faults.malformed_every == 0 {
+            if faults.malformed_every > 0 && (sent + 1).is_multiple_of(faults.malformed_every) {
                 let garbage = malformed(&shared.log.frame(next), n_garbage);
                 n_garbage += 1;
                 if sink.feed(Message::Binary(garbage)).await.is_err() {
@@ -115,7 +115,7 @@ pub(crate) async fn connection(shared: Arc<Shared>, socket: WebSocket, cursor: O
             sent += 1;
             next += 1;
             batch += 1;
-            if faults.disconnect_every > 0 && sent % faults.disconnect_every == 0 {
+            if faults.disconnect_every > 0 && sent.is_multiple_of(faults.disconnect_every) {
                 bump(&counters.disconnects);
                 let _ = sink
                     .send(Message::Close(Some(CloseFrame {
