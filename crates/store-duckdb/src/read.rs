@@ -19,10 +19,10 @@ fn repo_rows(columns: &str) -> String {
     format!("(SELECT {columns} FROM records WHERE did = ? LIMIT 9223372036854775807)")
 }
 
-const RECORD_COLUMNS: &str =
+pub(crate) const RECORD_COLUMNS: &str =
     "did, collection, rkey, cid, rev, record::VARCHAR, epoch_us(indexed_at)";
 
-fn record_from(row: &Row<'_>) -> duckdb::Result<Record> {
+pub(crate) fn record_from(row: &Row<'_>) -> duckdb::Result<Record> {
     Ok(Record {
         did: row.get(0)?,
         collection: row.get(1)?,
@@ -262,11 +262,13 @@ pub(crate) fn backlinks(
     }
     let (mut filter, mut params) = backlink_filter(query.target, query.collection, query.path);
     if let Some(cursor) = query.cursor {
-        // The cursor is the last link of the previous page, as a JSON array of its rkey, DID,
-        // collection and path (the same shape as the in-memory store's).
-        let (rkey, did, collection, path): (String, String, String, String) =
-            serde_json::from_str(cursor)
-                .map_err(|err| Error::Invalid(format!("backlinks cursor {cursor:?}: {err}")))?;
+        // The cursor is the last link of the previous page.
+        let Backlink {
+            did,
+            collection,
+            rkey,
+            path,
+        } = Backlink::from_cursor(cursor)?;
         filter.push_str(
             " AND (rkey < ? OR (rkey = ? AND (did > ? OR (did = ? AND (collection > ? \
              OR (collection = ? AND path > ?))))))",
@@ -302,9 +304,7 @@ pub(crate) fn backlinks(
         .map_err(backend("list backlinks"))?;
     let cursor = if links.len() > query.limit {
         links.truncate(query.limit);
-        links.last().map(|last| {
-            serde_json::json!([last.rkey, last.did, last.collection, last.path]).to_string()
-        })
+        links.last().map(Backlink::cursor)
     } else {
         None
     };

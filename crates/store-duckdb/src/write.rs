@@ -22,7 +22,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{mpsc, Arc, LazyLock};
 
-use butterfly_store::{links_in, Action, Batch, Edge, Error, Link, Micros, RepoRow};
+use butterfly_store::{
+    links_in, parse_record, Action, Batch, Edge, Error, Link, Micros, Record, RepoRow,
+};
 use duckdb::arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use duckdb::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use duckdb::arrow::record_batch::RecordBatch;
@@ -30,6 +32,7 @@ use duckdb::types::Value;
 use duckdb::{params, params_from_iter, Connection};
 
 use crate::backend;
+use crate::read::{record_from, RECORD_COLUMNS};
 use crate::schema::record_id;
 
 /// Keys per `IN` list: small enough that DuckDB still answers from an index.
@@ -58,6 +61,20 @@ struct Source<'a> {
     rev: &'a str,
     json: &'a str,
     indexed_at: Micros,
+}
+
+impl<'a> From<&'a Record> for Source<'a> {
+    fn from(record: &'a Record) -> Source<'a> {
+        Source {
+            did: &record.did,
+            collection: &record.collection,
+            rkey: &record.rkey,
+            cid: &record.cid,
+            rev: &record.rev,
+            json: &record.json,
+            indexed_at: record.indexed_at,
+        }
+    }
 }
 
 /// The final state of every record key a batch touches: `Some(source index)` to write,
@@ -225,36 +242,11 @@ pub(crate) fn apply(conn: &Connection, batch: &Batch) -> Result<(), Error> {
 fn sources(batch: &Batch) -> Result<Vec<Source<'_>>, Error> {
     let mut sources = Vec::new();
     for chunk in &batch.backfill {
-        for record in &chunk.records {
-            sources.push(Source {
-                did: &record.did,
-                collection: &record.collection,
-                rkey: &record.rkey,
-                cid: &record.cid,
-                rev: &record.rev,
-                json: &record.json,
-                indexed_at: record.indexed_at,
-            });
-        }
+        sources.extend(chunk.records.iter().map(Source::from));
     }
     for change in &batch.changes {
-        if change.action == Action::Delete {
+        let Some((cid, json)) = change.written()? else {
             continue;
-        }
-        let missing = |what: &str| {
-            Error::Invalid(format!(
-                "{} of {}/{}/{} without {what}",
-                change.action.as_str(),
-                change.did,
-                change.collection,
-                change.rkey
-            ))
-        };
-        let Some(cid) = &change.cid else {
-            return Err(missing("a cid"));
-        };
-        let Some(json) = &change.json else {
-            return Err(missing("a record"));
         };
         sources.push(Source {
             did: &change.did,
@@ -270,12 +262,7 @@ fn sources(batch: &Batch) -> Result<Vec<Source<'_>>, Error> {
 }
 
 fn record_links(did: &str, collection: &str, rkey: &str, json: &str) -> Result<Vec<Link>, Error> {
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|err| {
-        Error::Invalid(format!(
-            "record {did}/{collection}/{rkey} is not JSON: {err}"
-        ))
-    })?;
-    Ok(links_in(&value))
+    Ok(links_in(&parse_record(did, collection, rkey, json)?))
 }
 
 /// Rows for the appenders, from [`lay_out`].
@@ -488,10 +475,10 @@ fn write_records(
     if !victims.is_empty() {
         let mut record_columns = RecordColumns::default();
         let mut link_columns = LinkColumns::default();
-        for victim in &victims {
-            let source = victim.as_source();
+        for (victim, victim_links) in &victims {
+            let source = Source::from(victim);
             record_columns.push(&source);
-            for link in &victim.links {
+            for link in victim_links {
                 link_columns.push(&source, link);
             }
         }
@@ -636,31 +623,8 @@ fn stored_repos(conn: &Connection, dids: &[&str]) -> Result<HashSet<String>, Err
     Ok(stored)
 }
 
-/// A stored record read back, to be written again.
-struct StoredRecord {
-    did: String,
-    collection: String,
-    rkey: String,
-    cid: String,
-    rev: String,
-    json: String,
-    indexed_at: Micros,
-    links: Vec<Link>,
-}
-
-impl StoredRecord {
-    fn as_source(&self) -> Source<'_> {
-        Source {
-            did: &self.did,
-            collection: &self.collection,
-            rkey: &self.rkey,
-            cid: &self.cid,
-            rev: &self.rev,
-            json: &self.json,
-            indexed_at: self.indexed_at,
-        }
-    }
-}
+/// A stored record read back, to be written again, with its links.
+type StoredRecord = (Record, Vec<Link>);
 
 /// Rows in `records` with one of `rids` whose key is not in `wanted`, with their links.
 fn collision_victims(
@@ -670,32 +634,20 @@ fn collision_victims(
 ) -> Result<Vec<StoredRecord>, Error> {
     let mut statement = conn
         .prepare(&format!(
-            "SELECT did, collection, rkey, cid, rev, record::VARCHAR, epoch_us(indexed_at) \
-             FROM records WHERE rid IN ({rids})"
+            "SELECT {RECORD_COLUMNS} FROM records WHERE rid IN ({rids})"
         ))
         .map_err(backend("read colliding records"))?;
     let rows = statement
-        .query_map([], |row| {
-            Ok(StoredRecord {
-                did: row.get(0)?,
-                collection: row.get(1)?,
-                rkey: row.get(2)?,
-                cid: row.get(3)?,
-                rev: row.get(4)?,
-                json: row.get(5)?,
-                indexed_at: row.get(6)?,
-                links: Vec::new(),
-            })
-        })
+        .query_map([], record_from)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(backend("read colliding records"))?;
     let mut victims = Vec::new();
-    for mut row in rows {
+    for row in rows {
         if wanted.contains(&(row.did.as_str(), row.collection.as_str(), row.rkey.as_str())) {
             continue;
         }
-        row.links = record_links(&row.did, &row.collection, &row.rkey, &row.json)?;
-        victims.push(row);
+        let links = record_links(&row.did, &row.collection, &row.rkey, &row.json)?;
+        victims.push((row, links));
     }
     Ok(victims)
 }

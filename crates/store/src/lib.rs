@@ -96,6 +96,42 @@ pub struct Change {
     pub indexed_at: Micros,
 }
 
+impl Change {
+    /// What a create or update writes, `(cid, json)`; `None` for a delete. A create or update
+    /// lacking either is `Error::Invalid`: every store refuses the batch the same way.
+    pub fn written(&self) -> Result<Option<(&str, &str)>, Error> {
+        if self.action == Action::Delete {
+            return Ok(None);
+        }
+        let missing = |what: &str| {
+            Error::Invalid(format!(
+                "{} of {}/{}/{} without {what}",
+                self.action.as_str(),
+                self.did,
+                self.collection,
+                self.rkey
+            ))
+        };
+        let cid = self.cid.as_deref().ok_or_else(|| missing("a cid"))?;
+        let json = self.json.as_deref().ok_or_else(|| missing("a record"))?;
+        Ok(Some((cid, json)))
+    }
+}
+
+/// Parses a record's JSON text; one that is not JSON fails its batch in every store alike.
+pub fn parse_record(
+    did: &str,
+    collection: &str,
+    rkey: &str,
+    json: &str,
+) -> Result<serde_json::Value, Error> {
+    serde_json::from_str(json).map_err(|err| {
+        Error::Invalid(format!(
+            "record {did}/{collection}/{rkey} is not JSON: {err}"
+        ))
+    })
+}
+
 /// Where a repo stands in the sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -242,6 +278,27 @@ pub struct Backlink {
     pub rkey: String,
     /// Where in the record the link sits, e.g. `.subject.uri`.
     pub path: String,
+}
+
+impl Backlink {
+    /// The opaque cursor that continues a listing after this backlink: a JSON array of its
+    /// rkey, DID, collection and path (the listing's sort key).
+    pub fn cursor(&self) -> String {
+        serde_json::json!([self.rkey, self.did, self.collection, self.path]).to_string()
+    }
+
+    /// Reads a cursor made by [`Backlink::cursor`].
+    pub fn from_cursor(cursor: &str) -> Result<Backlink, Error> {
+        let (rkey, did, collection, path): (String, String, String, String) =
+            serde_json::from_str(cursor)
+                .map_err(|err| Error::Invalid(format!("backlinks cursor {cursor:?}: {err}")))?;
+        Ok(Backlink {
+            did,
+            collection,
+            rkey,
+            path,
+        })
+    }
 }
 
 /// Which backlinks to list: those to `target` (an AT-URI or DID), optionally only from one

@@ -14,8 +14,8 @@ use std::ops::Bound;
 
 use crate::links::{links_in, Link};
 use crate::{
-    Action, Backlink, BacklinkPage, BacklinkQuery, Batch, Edge, Error, Micros, Page, Record,
-    RecordKey, RepoRow, Store, Summary,
+    parse_record, Action, Backlink, BacklinkPage, BacklinkQuery, Batch, Edge, Error, Micros, Page,
+    Record, RecordKey, RepoRow, Store, Summary,
 };
 
 /// A record without its key, as kept.
@@ -49,13 +49,22 @@ struct LinkKey {
 impl LinkKey {
     /// The opaque cursor that continues after this key: a JSON array of its four strings.
     fn cursor(&self) -> String {
-        serde_json::json!([self.rkey.0, self.did, self.collection, self.path]).to_string()
+        Backlink {
+            did: self.did.clone(),
+            collection: self.collection.clone(),
+            rkey: self.rkey.0.clone(),
+            path: self.path.clone(),
+        }
+        .cursor()
     }
 
     fn from_cursor(cursor: &str) -> Result<LinkKey, Error> {
-        let (rkey, did, collection, path): (String, String, String, String) =
-            serde_json::from_str(cursor)
-                .map_err(|err| Error::Invalid(format!("backlinks cursor {cursor:?}: {err}")))?;
+        let Backlink {
+            did,
+            collection,
+            rkey,
+            path,
+        } = Backlink::from_cursor(cursor)?;
         Ok(LinkKey {
             rkey: Reverse(rkey),
             did,
@@ -148,24 +157,9 @@ impl MemoryStore {
         }
         let mut change_links = Vec::with_capacity(batch.changes.len());
         for change in &batch.changes {
-            let links = match change.action {
-                Action::Delete => Vec::new(),
-                Action::Create | Action::Update => {
-                    let what = |missing: &str| {
-                        Error::Invalid(format!(
-                            "{} of {}/{}/{} without {missing}",
-                            change.action.as_str(),
-                            change.did,
-                            change.collection,
-                            change.rkey
-                        ))
-                    };
-                    if change.cid.is_none() {
-                        return Err(what("a cid"));
-                    }
-                    let Some(json) = &change.json else {
-                        return Err(what("a record"));
-                    };
+            let links = match change.written()? {
+                None => Vec::new(),
+                Some((_, json)) => {
                     self.links_of(&change.did, &change.collection, &change.rkey, json)?
                 }
             };
@@ -187,12 +181,7 @@ impl MemoryStore {
         if !self.bodies {
             return Ok(Vec::new());
         }
-        let value: serde_json::Value = serde_json::from_str(json).map_err(|err| {
-            Error::Invalid(format!(
-                "record {did}/{collection}/{rkey} is not JSON: {err}"
-            ))
-        })?;
-        Ok(links_in(&value))
+        Ok(links_in(&parse_record(did, collection, rkey, json)?))
     }
 
     /// Applies a batch that [`MemoryStore::prepare`] accepted. Cannot fail.

@@ -30,7 +30,8 @@ use serde::Serialize;
 
 use crate::memory::MemoryStore;
 use crate::{
-    Action, BacklinkPage, BacklinkQuery, Batch, Edge, Error, Page, Record, RepoRow, Store, Summary,
+    parse_record, Action, BacklinkPage, BacklinkQuery, Batch, Edge, Error, Page, Record, RepoRow,
+    Store, Summary,
 };
 
 /// A store that prints record changes as JSON lines to a writer.
@@ -123,7 +124,7 @@ fn write_lines(index: &MemoryStore, batch: &Batch, buffer: &mut Vec<u8>) -> Resu
                 action: Action::Create,
                 cid: Some(&record.cid),
                 rev: &record.rev,
-                record: Some(parse(
+                record: Some(parse_record(
                     &record.did,
                     &record.collection,
                     &record.rkey,
@@ -141,7 +142,12 @@ fn write_lines(index: &MemoryStore, batch: &Batch, buffer: &mut Vec<u8>) -> Resu
     for change in &batch.changes {
         let record = match (&change.action, &change.json) {
             (Action::Delete, _) | (_, None) => None,
-            (_, Some(json)) => Some(parse(&change.did, &change.collection, &change.rkey, json)?),
+            (_, Some(json)) => Some(parse_record(
+                &change.did,
+                &change.collection,
+                &change.rkey,
+                json,
+            )?),
         };
         let line = Line {
             did: &change.did,
@@ -196,14 +202,6 @@ fn write_line(line: &Line<'_>, buffer: &mut Vec<u8>) -> Result<(), Error> {
     })?;
     buffer.push(b'\n');
     Ok(())
-}
-
-fn parse(did: &str, collection: &str, rkey: &str, json: &str) -> Result<serde_json::Value, Error> {
-    serde_json::from_str(json).map_err(|err| {
-        Error::Invalid(format!(
-            "record {did}/{collection}/{rkey} is not JSON: {err}"
-        ))
-    })
 }
 
 impl<W: Write + Send> Store for StdoutStore<W> {
