@@ -401,26 +401,31 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
+    /// The next chunk of a first backfill: the records gathered so far, plus `edges` (which
+    /// ride with the last chunk). The first chunk carries `replace`, even with nothing in it,
+    /// so that an earlier attempt's leftovers go.
+    fn take_chunk(&mut self, edges: Vec<Edge>) -> Option<BackfillChunk> {
+        let replace = matches!(self.job.kind, JobKind::First { replace: true }) && self.first_chunk;
+        if self.records.is_empty() && edges.is_empty() && !replace {
+            return None;
+        }
+        self.first_chunk = false;
+        let records = std::mem::take(&mut self.records);
+        self.backfiller
+            .stats
+            .records_backfilled
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        Some(BackfillChunk {
+            did: self.job.did.clone(),
+            replace,
+            records,
+            edges,
+        })
+    }
+
     fn flush(&mut self) -> Result<(), String> {
         let mut batch = Batch::default();
-        if !self.records.is_empty() {
-            let replace = matches!(
-                self.job.kind,
-                super::backfill::JobKind::First { replace: true }
-            ) && self.first_chunk;
-            self.first_chunk = false;
-            let records = std::mem::take(&mut self.records);
-            self.backfiller
-                .stats
-                .records_backfilled
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
-            batch.backfill.push(BackfillChunk {
-                did: self.job.did.clone(),
-                replace,
-                records,
-                edges: Vec::new(),
-            });
-        }
+        batch.backfill.extend(self.take_chunk(Vec::new()));
         if !self.changes.is_empty() {
             self.backfiller
                 .stats
@@ -431,42 +436,21 @@ impl<'a> Sink<'a> {
         if batch.is_empty() {
             return Ok(());
         }
-        self.backfiller
-            .writer
-            .blocking_send(Job::Apply {
-                batch: Box::new(batch),
-                trims: Vec::new(),
-                tickets: Vec::new(),
-                mark: None,
-                done: None,
-            })
-            .map_err(|e| e.to_string())
+        self.send(batch)
     }
 
     /// Writes what is left, the resync's deletes and the repo's edges. Returns the edges.
     fn finish(mut self) -> Result<Vec<Edge>, String> {
         let edges = std::mem::take(&mut self.edges);
         match &self.job.kind {
-            JobKind::First { replace } => {
+            JobKind::First { .. } => {
                 // The last chunk carries the edges, so that a first backfill is nothing but
-                // chunks, which the writer merges across repos into few transactions. A
-                // `replace` with no kept record still clears what an earlier attempt left.
-                let replace = *replace && self.first_chunk;
-                self.first_chunk = false;
-                let records = std::mem::take(&mut self.records);
-                self.backfiller
-                    .stats
-                    .records_backfilled
-                    .fetch_add(records.len() as u64, Ordering::Relaxed);
-                if replace || !records.is_empty() || !edges.is_empty() {
-                    let mut batch = Batch::default();
-                    batch.backfill.push(BackfillChunk {
-                        did: self.job.did.clone(),
-                        replace,
-                        records,
-                        edges: edges.clone(),
-                    });
-                    self.send(batch)?;
+                // chunks, which the writer merges across repos into few transactions.
+                if let Some(chunk) = self.take_chunk(edges.clone()) {
+                    self.send(Batch {
+                        backfill: vec![chunk],
+                        ..Batch::default()
+                    })?;
                 }
             }
             JobKind::Resync { old_edges } => {
@@ -508,13 +492,7 @@ impl<'a> Sink<'a> {
     fn send(&self, batch: Batch) -> Result<(), String> {
         self.backfiller
             .writer
-            .blocking_send(Job::Apply {
-                batch: Box::new(batch),
-                trims: Vec::new(),
-                tickets: Vec::new(),
-                mark: None,
-                done: None,
-            })
+            .blocking_send(Job::apply(batch))
             .map_err(|e| e.to_string())
     }
 }

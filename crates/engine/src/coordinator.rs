@@ -52,6 +52,22 @@ struct Repo {
     purge_after_fetch: bool,
 }
 
+impl Repo {
+    fn new(row: RepoRow, phase: Phase, may_have_data: bool) -> Repo {
+        Repo {
+            row,
+            phase,
+            buffered: Vec::new(),
+            may_have_data,
+            attempts: 0,
+            retry_at: None,
+            fetching_tags: Vec::new(),
+            refetch: false,
+            purge_after_fetch: false,
+        }
+    }
+}
+
 /// Events buffered per repo at most while it is fetched; past it they are dropped and the repo
 /// is fetched again, which covers them.
 const MAX_BUFFERED: usize = 10_000;
@@ -115,7 +131,7 @@ pub(crate) async fn run(
     let stored_cursor = store
         .kv_get(CURSOR_KEY)?
         .and_then(|text| text.parse::<i64>().ok());
-    let (writer, writer_thread) = Writer::start(store, stats.clone());
+    let (writer, writer_thread) = Writer::start(store, stats.clone())?;
 
     let source_name = match &config.live {
         LiveSource::None => None,
@@ -241,9 +257,7 @@ pub(crate) async fn run(
             event = recv_live(&mut live) => match event {
                 Some(event) => coordinator.on_live(event),
                 None => {
-                    // Only a frame-log replay ends; the network clients reconnect forever.
-                    live = None;
-                    replay_done = matches!(&config.live, LiveSource::Relay(url) if url.starts_with("file:"));
+                    replay_done = live.take().is_some_and(|handle| handle.finite);
                     Ok(())
                 }
             },
@@ -313,21 +327,8 @@ impl Coordinator {
             if phase == Phase::Queued {
                 self.queue.push_back(row.did.clone());
             }
-            let did = row.did.clone();
-            self.repos.insert(
-                did,
-                Repo {
-                    row,
-                    phase,
-                    buffered: Vec::new(),
-                    may_have_data: true,
-                    attempts: 0,
-                    retry_at: None,
-                    fetching_tags: Vec::new(),
-                    refetch: false,
-                    purge_after_fetch: false,
-                },
-            );
+            self.repos
+                .insert(row.did.clone(), Repo::new(row, phase, true));
         }
         *self.tracked.write().unwrap_or_else(|p| p.into_inner()) = tracked;
         self.update_gauges();
@@ -409,75 +410,52 @@ impl Coordinator {
                 edges: &self.graph,
             },
         );
-        let mut selected: HashMap<String, Vec<String>> = HashMap::new();
-        for (did, tags) in membership.iter() {
-            selected.insert(did.to_owned(), tags.to_vec());
-        }
         // Repos no tag holds any more.
         let gone: Vec<String> = self
             .repos
             .keys()
-            .filter(|did| !selected.contains_key(*did))
+            .filter(|did| !membership.contains(did))
             .cloned()
             .collect();
         for did in gone {
             self.unselect(&did);
         }
-        let mut new_repos: Vec<String> = Vec::new();
-        for (did, tags) in selected {
-            match self.repos.get_mut(&did) {
-                None => new_repos.push(did),
+        // In DID order, so that new repos queue deterministically.
+        for (did, tags) in membership.iter() {
+            match self.repos.get_mut(did) {
+                None => {
+                    let row = RepoRow {
+                        did: did.to_owned(),
+                        handle: None,
+                        pds: None,
+                        status: "active".into(),
+                        state: SyncState::Pending,
+                        rev: None,
+                        data_cid: None,
+                        tags: tags.to_vec(),
+                        backfilled_at: None,
+                        error: None,
+                    };
+                    self.dirty_rows.insert(did.to_owned());
+                    self.tracked
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(did.to_owned());
+                    self.repos
+                        .insert(did.to_owned(), Repo::new(row, Phase::Queued, false));
+                    self.queue.push_back(did.to_owned());
+                }
                 Some(repo) if repo.row.tags != tags => {
-                    let old = std::mem::replace(&mut repo.row.tags, tags);
+                    let old = std::mem::replace(&mut repo.row.tags, tags.to_vec());
                     repo.purge_after_fetch = false;
                     let same = self.rules.same_retention(&old, &repo.row.tags);
-                    self.dirty_rows.insert(repo.row.did.clone());
+                    self.dirty_rows.insert(did.to_owned());
                     if !same {
-                        self.resync(&did);
+                        self.resync(did);
                     }
                 }
                 Some(repo) => repo.purge_after_fetch = false,
             }
-        }
-        new_repos.sort();
-        let membership_tags: HashMap<String, Vec<String>> = new_repos
-            .iter()
-            .map(|did| (did.clone(), membership.tags_of(did).to_vec()))
-            .collect();
-        for did in new_repos {
-            let tags = membership_tags.get(&did).cloned().unwrap_or_default();
-            let row = RepoRow {
-                did: did.clone(),
-                handle: None,
-                pds: None,
-                status: "active".into(),
-                state: SyncState::Pending,
-                rev: None,
-                data_cid: None,
-                tags,
-                backfilled_at: None,
-                error: None,
-            };
-            self.dirty_rows.insert(did.clone());
-            self.tracked
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(did.clone());
-            self.repos.insert(
-                did.clone(),
-                Repo {
-                    row,
-                    phase: Phase::Queued,
-                    buffered: Vec::new(),
-                    may_have_data: false,
-                    attempts: 0,
-                    retry_at: None,
-                    fetching_tags: Vec::new(),
-                    refetch: false,
-                    purge_after_fetch: false,
-                },
-            );
-            self.queue.push_back(did);
         }
         self.update_gauges();
     }
@@ -595,7 +573,6 @@ impl Coordinator {
         };
         repo.phase = Phase::Synced;
         if repo.purge_after_fetch {
-            repo.phase = Phase::Synced;
             self.unselect(&did);
             self.schedule();
             return Ok(());
@@ -749,20 +726,21 @@ impl Coordinator {
                 for op in ops {
                     let keep = self.rules.keep(&tags, &op.collection);
                     if self.rules.walks(&op.collection) {
-                        let key = RecordKey {
-                            did: did.clone(),
-                            collection: op.collection.clone(),
-                            rkey: op.rkey.clone(),
-                        };
+                        // The graph mirrors the store (plus this batch), so only a record that
+                        // held edges needs them removed; a fresh create costs no delete.
                         if self.graph.remove_record(&did, &op.collection, &op.rkey) {
                             self.dirty = true;
+                            self.batch.edges_added.retain(|e| {
+                                !(e.did == did
+                                    && e.collection == op.collection
+                                    && e.rkey == op.rkey)
+                            });
+                            self.batch.edges_removed.push(RecordKey {
+                                did: did.clone(),
+                                collection: op.collection.clone(),
+                                rkey: op.rkey.clone(),
+                            });
                         }
-                        self.batch.edges_added.retain(|e| {
-                            !(e.did == key.did
-                                && e.collection == key.collection
-                                && e.rkey == key.rkey)
-                        });
-                        self.batch.edges_removed.push(key);
                         if let Some(record) = &op.record {
                             for edge in self.rules.edges_of(&did, &op.collection, &op.rkey, record)
                             {

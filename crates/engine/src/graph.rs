@@ -86,11 +86,10 @@ impl EdgeSource for Graph {
 }
 
 /// What the engine needs from the selector while reading records: retention per tag set and
-/// collection (memoised), and which collections hold walk edges.
+/// collection, and which collections hold walk edges.
 pub(crate) struct Rules {
     pub(crate) selector: Arc<Selector>,
     walks_by_collection: HashMap<String, Vec<WalkKey>>,
-    keep_cache: std::sync::Mutex<HashMap<(Vec<String>, String), Keep>>,
 }
 
 impl Rules {
@@ -105,26 +104,15 @@ impl Rules {
         Rules {
             selector,
             walks_by_collection,
-            keep_cache: Default::default(),
         }
     }
 
-    /// What a repo with `tags` keeps of `collection`.
+    /// What a repo with `tags` keeps of `collection`: a few map lookups per tag, cheaper than
+    /// any memo keyed by the tags.
     pub(crate) fn keep(&self, tags: &[String], collection: &str) -> Keep {
-        let key = (tags.to_vec(), collection.to_owned());
-        let mut cache = self.keep_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(keep) = cache.get(&key) {
-            return *keep;
-        }
-        let keep = self
-            .selector
+        self.selector
             .retention()
-            .keep(tags.iter().map(String::as_str), collection);
-        if cache.len() > 100_000 {
-            cache.clear();
-        }
-        cache.insert(key, keep);
-        keep
+            .keep(tags.iter().map(String::as_str), collection)
     }
 
     /// True if a collection's records can hold walk edges.

@@ -70,6 +70,8 @@ pub(crate) struct LiveHandle {
     /// For the relay: the verifier, whose per-repo state the coordinator primes and resets.
     pub(crate) verifier: Option<Arc<Verifier>>,
     pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The source ends by itself (a frame-log replay); network clients reconnect forever.
+    pub(crate) finite: bool,
 }
 
 impl LiveHandle {
@@ -89,6 +91,7 @@ pub(crate) fn start_relay(
     tracked: Tracked,
     allow_private_network: bool,
 ) -> Result<LiveHandle, butterfly_stream::Error> {
+    let finite = url.starts_with("file:");
     let (connection, mut items) = match url.strip_prefix("file:") {
         Some(path) => (
             None,
@@ -180,6 +183,7 @@ pub(crate) fn start_relay(
         mark,
         verifier: Some(verifier),
         tasks: vec![feeder, converter],
+        finite,
     })
 }
 
@@ -380,5 +384,6 @@ pub(crate) fn start_jetstream(
         mark,
         verifier: None,
         tasks: vec![feeder],
+        finite: false,
     })
 }

@@ -51,6 +51,17 @@ pub(crate) enum Job {
 }
 
 impl Job {
+    /// A batch with no trims, tickets or acknowledgement: what backfills send.
+    pub(crate) fn apply(batch: Batch) -> Job {
+        Job::Apply {
+            batch: Box::new(batch),
+            trims: Vec::new(),
+            tickets: Vec::new(),
+            mark: None,
+            done: None,
+        }
+    }
+
     /// A job carrying nothing but backfill chunks, which can merge with its neighbours.
     fn backfill_only(&self) -> bool {
         match self {
@@ -99,7 +110,7 @@ impl Writer {
     pub(crate) fn start(
         mut store: Box<dyn Store>,
         stats: Arc<Stats>,
-    ) -> (Writer, std::thread::JoinHandle<Box<dyn Store>>) {
+    ) -> Result<(Writer, std::thread::JoinHandle<Box<dyn Store>>), Error> {
         let (jobs, mut queue) = mpsc::channel::<Job>(32);
         let failure = Arc::new(Mutex::new(None));
         let failure_slot = failure.clone();
@@ -140,8 +151,8 @@ impl Writer {
                 }
                 store
             })
-            .unwrap_or_else(|e| panic!("cannot start the store thread: {e}"));
-        (Writer { jobs, failure }, handle)
+            .map_err(|e| Error::Writer(format!("cannot start the store thread: {e}")))?;
+        Ok((Writer { jobs, failure }, handle))
     }
 
     /// Queues a job; fails if the thread has stopped.
