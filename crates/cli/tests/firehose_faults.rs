@@ -9,54 +9,30 @@ use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
-use support::Running;
+use support::{serve, Running};
 
 const EVENTS: i64 = 600;
 
 /// Generates a log of `EVENTS` events over 40 repos into `dir`: `net.log` and `net.json`.
 fn generate(dir: &Path) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_butterfly"))
-        .args([
+    let events = EVENTS.to_string();
+    support::run(
+        dir,
+        &[
             "sim",
             "firehose",
             "--repos",
             "40",
             "--events",
-            &EVENTS.to_string(),
-        ])
-        .args([
+            &events,
             "--seed",
             "11",
             "--out",
             "net.log",
             "--identities-out",
             "net.json",
-        ])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
     );
-}
-
-/// Starts `sim serve` on the log with `faults`; returns it and its ready line.
-fn serve(dir: &Path, faults: &[&str]) -> (Running, Json) {
-    let mut args = vec![
-        "sim",
-        "serve",
-        "--frames",
-        "net.log",
-        "--identities",
-        "net.json",
-    ];
-    args.extend_from_slice(faults);
-    let server = Running::start(dir, &args);
-    let ready = server.next();
-    assert_eq!(ready["ready"], true);
-    (server, ready)
 }
 
 fn follow(dir: &Path, ready: &Json, extra: &[&str]) -> Running {

@@ -12,21 +12,10 @@ use butterfly_repo::BlockMap;
 use serde_json::Value as Json;
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
-use support::{http_get, Running};
+use support::http_get;
 
 fn butterfly(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_butterfly"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    String::from_utf8(support::run(dir, args).stdout).unwrap()
 }
 
 fn sim_firehose(dir: &Path, name: &str, seed: u64) -> Json {
@@ -179,20 +168,7 @@ fn sim_serve_prints_its_urls_and_serves_the_log() {
     let summary = sim_firehose(dir.path(), "net", 5);
     // Killed when dropped, on every path out of the test; a hung server fails the wait for its
     // ready line instead of hanging the test.
-    let serve = Running::start(
-        dir.path(),
-        &[
-            "sim",
-            "serve",
-            "--frames",
-            "net.log",
-            "--identities",
-            "net.json",
-            "--rate-limit-every",
-            "2",
-        ],
-    );
-    let ready = serve.next();
+    let (_serve, ready) = support::serve(dir.path(), &["--rate-limit-every", "2"]);
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["events"], 400);
     assert_eq!(ready["repos"], 20);

@@ -8,7 +8,6 @@ mod support;
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use support::Running;
 
@@ -16,22 +15,8 @@ const REPOS: u64 = 60;
 const EVENTS: i64 = 6000;
 const KILLS: usize = 20;
 
-fn butterfly(dir: &Path, args: &[&str]) -> std::process::Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_butterfly"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "butterfly {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 fn query(dir: &Path, sql: &str) -> Vec<Json> {
-    let output = butterfly(dir, &["query", "--db", "db.duckdb", "--json", sql]);
+    let output = support::run(dir, &["query", "--db", "db.duckdb", "--json", sql]);
     String::from_utf8(output.stdout)
         .unwrap()
         .lines()
@@ -56,7 +41,7 @@ impl Lcg {
 fn killed_twenty_times_the_store_still_equals_the_ground_truth() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    butterfly(
+    support::run(
         dir,
         &[
             "sim",
@@ -75,20 +60,7 @@ fn killed_twenty_times_the_store_still_equals_the_ground_truth() {
             "expected.jsonl",
         ],
     );
-    let server = Running::start(
-        dir,
-        &[
-            "sim",
-            "serve",
-            "--frames",
-            "net.log",
-            "--identities",
-            "net.json",
-            "--rate",
-            "600",
-        ],
-    );
-    let ready = server.next();
+    let (server, ready) = support::serve(dir, &["--rate", "600"]);
     let url = ready["url"].as_str().unwrap().to_owned();
     std::fs::write(
         dir.join("selector.json"),

@@ -63,23 +63,14 @@ impl Running {
     }
 
     /// Ctrl-C, as a user would stop it: it must exit successfully. Returns its stderr.
-    pub fn interrupt(mut self) -> String {
+    pub fn interrupt(self) -> String {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args(["-INT", &pid])
             .status()
             .unwrap()
             .success());
-        let status = self.child.wait().unwrap();
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        assert!(status.success(), "{status:?}: {stderr}");
-        stderr
+        self.wait()
     }
 
     /// Like [`Running::interrupt`], also returning the stdout lines not yet read.
@@ -110,6 +101,39 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `butterfly ARGS` in `dir` to completion; it must succeed. Returns its output.
+pub fn run(dir: &Path, args: &[&str]) -> std::process::Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_butterfly"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "butterfly {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Starts `butterfly sim serve` on `net.log` and `net.json` in `dir`, with `extra` flags; returns
+/// it and its ready line.
+pub fn serve(dir: &Path, extra: &[&str]) -> (Running, Json) {
+    let mut args = vec![
+        "sim",
+        "serve",
+        "--frames",
+        "net.log",
+        "--identities",
+        "net.json",
+    ];
+    args.extend_from_slice(extra);
+    let server = Running::start(dir, &args);
+    let ready = server.next();
+    assert_eq!(ready["ready"], true, "{ready}");
+    (server, ready)
 }
 
 /// The summary `butterfly firehose` prints last on stderr.
