@@ -5,22 +5,7 @@
 use butterfly_selector::{Keep, Policy, Selector, Source};
 
 /// The example from the design: a seed, two graph walks and a service listing.
-const EXAMPLE: &str = r#"{
-  "select": [
-    {"where": {"repo": "at://alice.example"}, "tag": "me"},
-    {"where": {"repo": "me", "collection": "app.bsky.graph.follow", "attr": "subject"}, "tag": "followed"},
-    {"where": {"repo": "followed", "collection": "app.bsky.graph.follow", "attr": "subject"}, "tag": "k2"},
-    {"where": {"service": "https://relay.example", "method": "com.atproto.sync.listReposByCollection",
-               "params": {"collection": "app.bsky.actor.profile"}, "attr": "repos.*.did",
-               "pagination": {"param": "cursor", "attr": "cursor"}}, "tag": "profiles"}
-  ],
-  "retain": {
-    "me": {"*": "*"},
-    "followed": {"*": "*"},
-    "k2": {"app.bsky.actor.profile": "self", "app.bsky.feed.post": "latest:10", "app.bsky.*": "latest:1000"},
-    "profiles": {"app.bsky.actor.profile": "self"}
-  }
-}"#;
+const EXAMPLE: &str = include_str!("data/example.json");
 
 #[test]
 fn the_example_is_accepted() {

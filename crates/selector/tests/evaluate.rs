@@ -66,22 +66,8 @@ fn check(
     membership
 }
 
-const EXAMPLE: &str = r#"{
-  "select": [
-    {"where": {"repo": "at://alice.example"}, "tag": "me"},
-    {"where": {"repo": "me", "collection": "app.bsky.graph.follow", "attr": "subject"}, "tag": "followed"},
-    {"where": {"repo": "followed", "collection": "app.bsky.graph.follow", "attr": "subject"}, "tag": "k2"},
-    {"where": {"service": "https://relay.example", "method": "com.atproto.sync.listReposByCollection",
-               "params": {"collection": "app.bsky.actor.profile"}, "attr": "repos.*.did",
-               "pagination": {"param": "cursor", "attr": "cursor"}}, "tag": "profiles"}
-  ],
-  "retain": {
-    "me": {"*": "*"},
-    "followed": {"*": "*"},
-    "k2": {"app.bsky.actor.profile": "self", "app.bsky.feed.post": "latest:10", "app.bsky.*": "latest:1000"},
-    "profiles": {"app.bsky.actor.profile": "self"}
-  }
-}"#;
+/// The example from the design (shared with `document.rs`).
+const EXAMPLE: &str = include_str!("data/example.json");
 
 #[test]
 fn the_example_over_a_small_graph() {
