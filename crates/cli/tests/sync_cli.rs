@@ -98,3 +98,36 @@ fn query_and_status_need_a_database() {
         );
     }
 }
+
+#[test]
+fn once_gives_up_on_a_seed_that_never_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sel.json"),
+        r#"{"select": [{"where": {"repo": "at://nobody.test"}, "tag": "a"}]}"#,
+    )
+    .unwrap();
+    // Nothing listens on port 1 of loopback: every lookup is refused at once.
+    let output = butterfly(
+        dir.path(),
+        &[
+            "sync",
+            "sel.json",
+            "--once",
+            "--store",
+            "stdout",
+            "--plc",
+            "http://127.0.0.1:1",
+            "--handle-resolver",
+            "http://127.0.0.1:1",
+            "--allow-private-network",
+            "-q",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("select[0]") && stderr(&output).contains("gave up"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -72,6 +72,9 @@ impl Repo {
 /// is fetched again, which covers them.
 const MAX_BUFFERED: usize = 10_000;
 
+/// Attempts a seed gets under `--once` before the run fails.
+const SEED_ATTEMPTS_ONCE: u32 = 3;
+
 /// Handle checks (DNS and HTTPS lookups) running at once at most.
 const IDENTITY_LOOKUPS: usize = 32;
 
@@ -89,6 +92,8 @@ struct Coordinator {
     /// Seeds by clause index, once resolved.
     seeds: HashMap<usize, Vec<String>>,
     seed_clauses: usize,
+    /// Failed attempts per seed clause.
+    seed_failures: HashMap<usize, u32>,
     /// The graph or the seeds changed since the last evaluation.
     dirty: bool,
     queue: VecDeque<String>,
@@ -186,6 +191,7 @@ pub(crate) async fn run(
         graph: Graph::from_edges(edges),
         seeds: HashMap::new(),
         seed_clauses,
+        seed_failures: HashMap::new(),
         dirty: true,
         queue: VecDeque::new(),
         in_flight: 0,
@@ -237,6 +243,7 @@ pub(crate) async fn run(
                 cursor,
                 coordinator.tracked.clone(),
                 config.allow_private_network,
+                stats.clone(),
             )?),
         }
     };
@@ -263,8 +270,7 @@ pub(crate) async fn run(
             },
             Some((did, result)) = done_rx.recv() => coordinator.on_fetched(did, result),
             Some((index, result)) = seeds_rx.recv() => {
-                coordinator.on_seeds(&selector, index, result);
-                Ok(())
+                coordinator.on_seeds(&selector, index, result)
             }
             Some((did, handle, ticket)) = identity_rx.recv() => {
                 coordinator.on_identity(did, handle, ticket);
@@ -382,19 +388,31 @@ impl Coordinator {
         selector: &butterfly_selector::Selector,
         index: usize,
         result: Result<Vec<String>, String>,
-    ) {
-        match result {
+    ) -> Result<(), Error> {
+        let message = match result {
             Ok(dids) => {
                 self.seeds.insert(index, dids);
                 self.dirty = true;
+                return Ok(());
             }
-            Err(message) => {
-                tracing::warn!(clause = index, %message, "selector seed failed; retrying in 10 s");
-                if let Some(clause) = selector.clauses().get(index) {
-                    self.spawn_seed(index, clause.clone(), Duration::from_secs(10));
-                }
-            }
+            Err(message) => message,
+        };
+        let failures = self.seed_failures.entry(index).or_default();
+        *failures += 1;
+        // A run that must end (`--once`) gives up on a seed that keeps failing (a handle that
+        // does not resolve, a service that is down) instead of waiting for it forever; a live
+        // run keeps trying, backing off.
+        if self.config.once && *failures >= SEED_ATTEMPTS_ONCE {
+            return Err(Error::Config(format!(
+                "select[{index}]: {message} (gave up after {failures} attempts)"
+            )));
         }
+        let delay = Duration::from_secs(1 << (*failures).min(6));
+        tracing::warn!(clause = index, %message, ?delay, "selector seed failed; retrying");
+        if let Some(clause) = selector.clauses().get(index) {
+            self.spawn_seed(index, clause.clone(), delay);
+        }
+        Ok(())
     }
 
     /// Re-evaluates the selector when something it depends on changed and every seed is known.

@@ -204,15 +204,21 @@ fn convert(outcome: Outcome, ticket: Option<Ticket>) -> Option<LiveEvent> {
                             .as_ref()
                             .map(|checked| checked.commit.data.to_string());
                         let blocks = accepted.commit.map(|checked| checked.blocks);
-                        let ops = event
+                        let ops: Option<Vec<LiveOp>> = event
                             .ops
                             .iter()
-                            .filter_map(|op| live_op(op, blocks.as_ref()))
+                            .map(|op| live_op(op, blocks.as_ref()))
                             .collect();
-                        LiveBody::Commit {
-                            rev: event.rev.as_str().to_owned(),
-                            data,
-                            ops,
+                        match ops {
+                            Some(ops) => LiveBody::Commit {
+                                rev: event.rev.as_str().to_owned(),
+                                data,
+                                ops,
+                            },
+                            // A record the commit does not carry (only `off` mode lets such a
+                            // commit through), or one that does not decode: the repo is fetched
+                            // again rather than the op dropped.
+                            None => LiveBody::Resync,
                         }
                     }
                     Message::Identity(_) => LiveBody::Identity,
@@ -254,6 +260,8 @@ fn convert(outcome: Outcome, ticket: Option<Ticket>) -> Option<LiveEvent> {
     }
 }
 
+/// One op with its record as JSON; `None` when a create or update's record is missing from the
+/// slice or is not valid DAG-CBOR, or the path has no collection.
 fn live_op(op: &RepoOp, blocks: Option<&butterfly_repo::CarSlice>) -> Option<LiveOp> {
     let (collection, rkey) = op.path().split_once('/')?;
     let (action, cid) = match op {
@@ -265,8 +273,6 @@ fn live_op(op: &RepoOp, blocks: Option<&butterfly_repo::CarSlice>) -> Option<Liv
         .and_then(|cid| blocks?.get(cid))
         .and_then(|bytes| Value::from_cbor(bytes).ok())
         .map(|value| value.to_json());
-    // A create or update whose record is not in the slice cannot be stored; the verifier refuses
-    // those in strict mode, so this is `off` mode with a broken slice.
     if action != Action::Delete && record.is_none() {
         return None;
     }
@@ -306,6 +312,7 @@ pub(crate) fn start_jetstream(
     cursor: Option<i64>,
     tracked: Tracked,
     allow_private_network: bool,
+    stats: Arc<crate::Stats>,
 ) -> Result<LiveHandle, butterfly_stream::Error> {
     let config = JetstreamConfig {
         cursor,
@@ -323,8 +330,16 @@ pub(crate) fn start_jetstream(
             let JetstreamItem::Event { event, .. } = item else {
                 continue;
             };
-            let Ok(event) = event else {
-                continue;
+            let event = match event {
+                Ok(event) => event,
+                Err(error) => {
+                    // Counted where the relay path counts verifier rejections.
+                    stats
+                        .rejected
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(%error, "undecodable Jetstream event");
+                    continue;
+                }
             };
             // A reconnection rewinds a little; what was seen is skipped.
             if last.is_some_and(|last| event.time_us <= last) {
