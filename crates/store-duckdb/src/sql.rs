@@ -1,6 +1,7 @@
 //! Any SQL, for `butterfly query`: DuckDB values become JSON values.
 
 use butterfly_store::Error;
+use butterfly_syntax::datetime::civil_from_days;
 use duckdb::core::LogicalTypeId;
 use duckdb::types::{TimeUnit, Value};
 use duckdb::Connection;
@@ -162,7 +163,8 @@ fn timestamp(unit: TimeUnit, value: i64, utc: bool) -> String {
             format!(".{:09}", value.rem_euclid(1_000_000_000)),
         ),
     };
-    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+    let (year, month, day) =
+        butterfly_syntax::datetime::civil_from_days(seconds.div_euclid(86_400));
     let in_day = seconds.rem_euclid(86_400);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}{}",
@@ -171,27 +173,6 @@ fn timestamp(unit: TimeUnit, value: i64, utc: bool) -> String {
         in_day % 60,
         if utc { "Z" } else { "" }
     )
-}
-
-/// The proleptic Gregorian date `days` after 1970-01-01, as (year, month, day). The usual
-/// era arithmetic: 400-year eras of 146,097 days, years starting in March so that the leap
-/// day comes last.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let shifted = days + 719_468; // days since 0000-03-01
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
