@@ -19,11 +19,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 pub fn run(args: FollowArgs) -> anyhow::Result<bool> {
-    butterfly_net::install_crypto_provider();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = crate::commands::network::streaming_runtime()?;
     runtime.block_on(follow(args))
 }
 

@@ -61,6 +61,16 @@ impl IdentityArgs {
     }
 }
 
+/// A runtime on every core, with the TLS crypto provider installed: for commands that verify a
+/// stream while they read it (`firehose`, `sync`).
+pub fn streaming_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    butterfly_net::install_crypto_provider();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 /// A runtime for one command's async work.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

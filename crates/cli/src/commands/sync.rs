@@ -210,11 +210,7 @@ pub fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
         allow_private_network: args.identity.network.allow_private_network,
         ..EngineConfig::default()
     };
-    butterfly_net::install_crypto_provider();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = super::network::streaming_runtime()?;
     runtime.block_on(async {
         let directory = args.identity.directory()?;
         let engine = Engine::new(config, selector, store, directory);
