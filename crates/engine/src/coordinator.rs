@@ -262,13 +262,19 @@ pub(crate) async fn run(
         let step = tokio::select! {
             _ = &mut shutdown => break Ok(()),
             event = recv_live(&mut live) => match event {
-                Some(event) => coordinator.on_live(event),
+                Some(event) => {
+                    coordinator.on_live(event);
+                    Ok(())
+                }
                 None => {
                     replay_done = live.take().is_some_and(|handle| handle.finite);
                     Ok(())
                 }
             },
-            Some((did, result)) = done_rx.recv() => coordinator.on_fetched(did, result),
+            Some((did, result)) = done_rx.recv() => {
+                coordinator.on_fetched(did, result);
+                Ok(())
+            }
             Some((index, result)) = seeds_rx.recv() => {
                 coordinator.on_seeds(&selector, index, result)
             }
@@ -583,17 +589,17 @@ impl Coordinator {
         self.update_gauges();
     }
 
-    fn on_fetched(&mut self, did: String, result: Result<Fetched, String>) -> Result<(), Error> {
+    fn on_fetched(&mut self, did: String, result: Result<Fetched, String>) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let Some(repo) = self.repos.get_mut(&did) else {
             self.schedule();
-            return Ok(());
+            return;
         };
         repo.phase = Phase::Synced;
         if repo.purge_after_fetch {
             self.unselect(&did);
             self.schedule();
-            return Ok(());
+            return;
         }
         match result {
             Ok(fetched) => {
@@ -642,15 +648,14 @@ impl Coordinator {
             }
         }
         self.schedule();
-        Ok(())
     }
 
-    fn on_live(&mut self, event: LiveEvent) -> Result<(), Error> {
+    fn on_live(&mut self, event: LiveEvent) {
         self.stats.live_events.fetch_add(1, Ordering::Relaxed);
         self.batch_events += 1;
         let Some(repo) = self.repos.get_mut(&event.did) else {
             self.tickets.extend(event.ticket);
-            return Ok(());
+            return;
         };
         match repo.phase {
             Phase::Synced => self.apply_live(event),
@@ -669,7 +674,6 @@ impl Coordinator {
                 self.tickets.extend(event.ticket);
             }
         }
-        Ok(())
     }
 
     /// Applies one event to a synced repo, adding its effects to the batch.
