@@ -38,7 +38,8 @@ mod write;
 use std::path::{Path, PathBuf};
 
 use butterfly_store::{
-    BacklinkPage, BacklinkQuery, Batch, Edge, Error, Page, Record, RepoRow, Store, Summary,
+    BacklinkPage, BacklinkQuery, Batch, Edge, Error, Page, Record, RepoRow, Store, StreamEvent,
+    Summary,
 };
 use duckdb::{AccessMode, Config, Connection};
 
@@ -229,6 +230,10 @@ impl Store for DuckDbStore {
 
     fn summary(&self) -> Result<Summary, Error> {
         read::summary(&self.conn)
+    }
+
+    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, Error> {
+        read::events_after(&self.conn, after, limit)
     }
 }
 

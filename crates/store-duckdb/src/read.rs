@@ -6,7 +6,8 @@
 //! of the scan by a `LIMIT` that no row reaches (a filter cannot move below a `LIMIT`).
 
 use butterfly_store::{
-    Backlink, BacklinkPage, BacklinkQuery, Edge, Error, Page, Record, RepoRow, Summary, SyncState,
+    Backlink, BacklinkPage, BacklinkQuery, Edge, Error, EventKind, Page, Record, RepoRow,
+    StreamEvent, Summary, SyncState,
 };
 use duckdb::{params, params_from_iter, Connection, Row};
 
@@ -32,6 +33,44 @@ pub(crate) fn record_from(row: &Row<'_>) -> duckdb::Result<Record> {
         json: row.get(5)?,
         indexed_at: row.get(6)?,
     })
+}
+
+pub(crate) fn events_after(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<StreamEvent>, Error> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT time_us, did, kind, collection, event::VARCHAR FROM events \
+             WHERE time_us > ? ORDER BY time_us LIMIT ?",
+        )
+        .map_err(backend("read the event log"))?;
+    let rows = statement
+        .query_map(params![after, limit as i64], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, String>(4)?,
+            ))
+        })
+        .map_err(backend("read the event log"))?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (time_us, did, kind, collection, json) = row.map_err(backend("read the event log"))?;
+        let kind = EventKind::parse(&kind)
+            .ok_or_else(|| Error::Corrupt(format!("event log: unknown kind {kind:?}")))?;
+        events.push(StreamEvent {
+            time_us,
+            did,
+            kind,
+            collection,
+            json,
+        });
+    }
+    Ok(events)
 }
 
 pub(crate) fn kv_get(conn: &Connection, key: &str) -> Result<Option<String>, Error> {

@@ -8,7 +8,7 @@ use duckdb::Connection;
 use crate::backend;
 
 /// The schema this build reads and writes, kept in `meta` under `schema_version`.
-pub(crate) const SCHEMA_VERSION: &str = "1";
+pub(crate) const SCHEMA_VERSION: &str = "2";
 
 /// The tables of a new store, created in one transaction.
 ///
@@ -67,6 +67,18 @@ CREATE TABLE kv (
     key VARCHAR PRIMARY KEY,
     value VARCHAR NOT NULL
 );
+{EVENTS}";
+
+/// The stream's event log (schema version 2). Appended in `time_us` order, so DuckDB's zone maps
+/// serve `time_us > ?` scans without an index.
+const EVENTS: &str = "
+CREATE TABLE events (
+    time_us BIGINT NOT NULL,
+    did VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    collection VARCHAR,
+    event JSON NOT NULL
+);
 ";
 
 /// Session settings for every connection.
@@ -108,8 +120,9 @@ pub(crate) fn prepare(conn: &Connection, label: &str, writable: bool) -> Result<
                 "{label} holds no Butterfly store (it has no tables)"
             )));
         }
+        let create = CREATE.replace("{EVENTS}", EVENTS);
         let script = format!(
-            "BEGIN TRANSACTION;\n{CREATE}\nINSERT INTO meta VALUES ('schema_version', \
+            "BEGIN TRANSACTION;\n{create}\nINSERT INTO meta VALUES ('schema_version', \
              '{SCHEMA_VERSION}');\nCOMMIT;"
         );
         if let Err(err) = conn.execute_batch(&script) {
@@ -132,6 +145,22 @@ pub(crate) fn prepare(conn: &Connection, label: &str, writable: bool) -> Result<
         .map_err(backend("read the schema version"))?;
     match version {
         Some(version) if version == SCHEMA_VERSION => Ok(()),
+        // Version 1 lacks the event log; adding it is the whole upgrade.
+        Some(version) if version == "1" && writable => {
+            let script = format!(
+                "BEGIN TRANSACTION;\n{EVENTS}\nUPDATE meta SET value = '{SCHEMA_VERSION}' \
+                 WHERE key = 'schema_version';\nCOMMIT;"
+            );
+            if let Err(err) = conn.execute_batch(&script) {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(backend("add the event log (schema version 2)")(err));
+            }
+            Ok(())
+        }
+        Some(version) if version == "1" => Err(Error::Corrupt(format!(
+            "{label} has schema version 1; open it once for writing (butterfly sync) to \
+             upgrade it to version {SCHEMA_VERSION}"
+        ))),
         Some(version) => Err(Error::Corrupt(format!(
             "{label} has schema version {version}, this build reads version {SCHEMA_VERSION}"
         ))),

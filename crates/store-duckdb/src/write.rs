@@ -234,7 +234,33 @@ pub(crate) fn apply(conn: &Connection, batch: &Batch) -> Result<(), Error> {
     add_edges(conn, &added)?;
     upsert_repos(conn, &batch.repos)?;
     set_kv(conn, &batch.kv)?;
+    append_events(conn, &batch.events)?;
+    if let Some(before) = batch.events_before {
+        conn.prepare_cached("DELETE FROM events WHERE time_us < ?")
+            .and_then(|mut statement| statement.execute(params![before]))
+            .map_err(backend("trim the event log"))?;
+    }
     Ok(())
+}
+
+/// Appends to the event log.
+fn append_events(conn: &Connection, events: &[butterfly_store::StreamEvent]) -> Result<(), Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut appender = conn.appender("events").map_err(backend("append events"))?;
+    for event in events {
+        appender
+            .append_row(params![
+                event.time_us,
+                event.did,
+                event.kind.as_str(),
+                event.collection,
+                event.json
+            ])
+            .map_err(backend("append events"))?;
+    }
+    appender.flush().map_err(backend("append events"))
 }
 
 /// Every record the batch writes, in order, refusing a create or update that lacks its CID or

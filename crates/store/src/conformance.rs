@@ -23,7 +23,7 @@ use serde_json::json;
 
 use crate::{
     Action, BackfillChunk, BacklinkPage, BacklinkQuery, Batch, Change, Edge, Error, Page, Record,
-    RecordKey, RepoRow, Store, Summary, SyncState,
+    EventKind, RecordKey, RepoRow, Store, StreamEvent, Summary, SyncState,
 };
 
 /// Runs every check against stores from `make`, one fresh store per check.
@@ -63,6 +63,7 @@ fn keys_checks<S: Store>() -> Vec<Check<S>> {
         ("edges_removed_by_record", edges_removed_by_record::<S>),
         ("repo_rows", repo_rows::<S>),
         ("kv", kv::<S>),
+        ("event_log", event_log::<S>),
         ("summary_counts", summary_counts::<S>),
         (
             "refused_batch_changes_nothing",
@@ -1003,6 +1004,8 @@ fn batch_order<S: Store>(store: &mut S) {
                 ("cursor".to_owned(), None),
                 ("cursor".to_owned(), Some("1002".to_owned())),
             ],
+            events: vec![],
+            events_before: None,
         },
     );
     assert_eq!(
@@ -1211,6 +1214,58 @@ fn repo_rows<S: Store>(store: &mut S) {
 }
 
 /// The kv table: set, overwrite, remove, and remove of a missing key.
+/// The event log keeps events in order, pages by `time_us`, and drops what retention says.
+fn event_log<S: Store>(store: &mut S) {
+    let event = |time_us: i64, kind: EventKind| StreamEvent {
+        time_us,
+        did: ALICE.to_owned(),
+        kind,
+        collection: (kind == EventKind::Commit).then(|| "app.bsky.feed.post".to_owned()),
+        json: json!({"did": ALICE, "time_us": time_us, "kind": kind.as_str()}).to_string(),
+    };
+    assert_eq!(must("events_after", store.events_after(0, 10)), vec![]);
+    apply(
+        store,
+        Batch {
+            events: vec![event(10, EventKind::Commit), event(20, EventKind::Identity)],
+            ..Batch::default()
+        },
+    );
+    apply(
+        store,
+        Batch {
+            events: vec![event(30, EventKind::Account), event(40, EventKind::Commit)],
+            ..Batch::default()
+        },
+    );
+    let all = must("events_after", store.events_after(0, 10));
+    assert_eq!(
+        all.iter().map(|e| e.time_us).collect::<Vec<_>>(),
+        vec![10, 20, 30, 40],
+        "every event, oldest first"
+    );
+    assert_eq!(all[0], event(10, EventKind::Commit), "an event reads back whole");
+    assert_eq!(all[2].collection, None);
+    let page = must("events_after", store.events_after(20, 1));
+    assert_eq!(page, vec![event(30, EventKind::Account)], "strictly after, limited");
+    apply(
+        store,
+        Batch {
+            events: vec![event(50, EventKind::Commit)],
+            events_before: Some(30),
+            ..Batch::default()
+        },
+    );
+    assert_eq!(
+        must("events_after", store.events_after(0, 10))
+            .iter()
+            .map(|e| e.time_us)
+            .collect::<Vec<_>>(),
+        vec![30, 40, 50],
+        "retention drops events older than the bound"
+    );
+}
+
 fn kv<S: Store>(store: &mut S) {
     let set = |key: &str, value: &str| (key.to_owned(), Some(value.to_owned()));
     let unset = |key: &str| (key.to_owned(), None);
@@ -1346,6 +1401,14 @@ fn refused_batch_changes_nothing<S: Store>(store: &mut S) {
             ("cursor".to_owned(), Some("2000".to_owned())),
             ("identity:alice".to_owned(), None),
         ],
+        events: vec![StreamEvent {
+            time_us: 1,
+            did: DAVE.to_owned(),
+            kind: EventKind::Account,
+            collection: None,
+            json: "{}".to_owned(),
+        }],
+        events_before: None,
     };
     let no_cid = Change {
         cid: None,
@@ -1367,6 +1430,11 @@ fn refused_batch_changes_nothing<S: Store>(store: &mut S) {
             snapshot(store, false, &[]),
             before,
             "the store after refusing a batch with {what}"
+        );
+        assert_eq!(
+            must("events_after", store.events_after(0, 10)),
+            vec![],
+            "the event log after refusing a batch with {what}"
         );
     }
 }

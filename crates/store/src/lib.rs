@@ -226,7 +226,7 @@ pub struct BackfillChunk {
 }
 
 /// Everything one transaction makes durable. Applied in this order: `purged`, `cleared`,
-/// `backfill`, `changes`, `edges_removed`, `edges_added`, `repos`, `kv`.
+/// `backfill`, `changes`, `edges_removed`, `edges_added`, `repos`, `kv`, `events`, `events_before`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
     /// Repos no tag holds any more: their rows, records, links and edges are removed.
@@ -245,6 +245,10 @@ pub struct Batch {
     pub repos: Vec<RepoRow>,
     /// Small values to set (`Some`) or remove (`None`): cursors, the identity cache.
     pub kv: Vec<(String, Option<String>)>,
+    /// Events appended to the stream log, after the data they describe.
+    pub events: Vec<StreamEvent>,
+    /// Log events older than this (µs) are dropped: the log's retention.
+    pub events_before: Option<Micros>,
 }
 
 impl Batch {
@@ -258,7 +262,52 @@ impl Batch {
             && self.edges_added.is_empty()
             && self.repos.is_empty()
             && self.kv.is_empty()
+            && self.events.is_empty()
+            && self.events_before.is_none()
     }
+}
+
+/// What a [`StreamEvent`] tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Commit,
+    Identity,
+    Account,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Commit => "commit",
+            EventKind::Identity => "identity",
+            EventKind::Account => "account",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventKind> {
+        match text {
+            "commit" => Some(EventKind::Commit),
+            "identity" => Some(EventKind::Identity),
+            "account" => Some(EventKind::Account),
+            _ => None,
+        }
+    }
+}
+
+/// One event of the verified stream Butterfly serves, kept in the store's event log so that
+/// consumers can replay from a cursor. The JSON is Jetstream's event shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamEvent {
+    /// When the event was committed, in µs since the epoch: strictly increasing along the log,
+    /// and the cursor a consumer resumes from.
+    pub time_us: Micros,
+    pub did: String,
+    pub kind: EventKind,
+    /// A commit's collection (for `wantedCollections`), `None` for other kinds.
+    pub collection: Option<String>,
+    /// The whole event as Jetstream sends it, `time_us` included.
+    pub json: String,
 }
 
 /// A page request: records after `cursor` (an rkey) in rkey order, newest first unless `reverse`,
@@ -398,4 +447,7 @@ pub trait Store: Send {
 
     /// Counts for `butterfly status`.
     fn summary(&self) -> Result<Summary, Error>;
+
+    /// Up to `limit` logged events with `time_us` greater than `after`, oldest first.
+    fn events_after(&self, after: Micros, limit: usize) -> Result<Vec<StreamEvent>, Error>;
 }

@@ -15,7 +15,7 @@ use std::ops::Bound;
 use crate::links::{links_in, Link};
 use crate::{
     parse_record, Action, Backlink, BacklinkPage, BacklinkQuery, Batch, Edge, Error, Micros, Page,
-    Record, RecordKey, RepoRow, Store, Summary,
+    Record, RecordKey, RepoRow, Store, StreamEvent, Summary,
 };
 
 /// A record without its key, as kept.
@@ -95,6 +95,7 @@ pub struct MemoryStore {
     edges: BTreeSet<Edge>,
     repos: BTreeMap<String, RepoRow>,
     kv: BTreeMap<String, String>,
+    events: std::collections::VecDeque<StreamEvent>,
 }
 
 impl Default for MemoryStore {
@@ -129,6 +130,7 @@ impl MemoryStore {
             edges: BTreeSet::new(),
             repos: BTreeMap::new(),
             kv: BTreeMap::new(),
+            events: std::collections::VecDeque::new(),
         }
     }
 
@@ -245,6 +247,12 @@ impl MemoryStore {
                 Some(value) => self.kv.insert(key, value),
                 None => self.kv.remove(&key),
             };
+        }
+        self.events.extend(batch.events);
+        if let Some(before) = batch.events_before {
+            while self.events.front().is_some_and(|e| e.time_us < before) {
+                self.events.pop_front();
+            }
         }
     }
 
@@ -535,6 +543,11 @@ impl Store for MemoryStore {
     ) -> Result<u64, Error> {
         self.require_bodies()?;
         Ok(self.matching_links(target, collection, path, None).count() as u64)
+    }
+
+    fn events_after(&self, after: Micros, limit: usize) -> Result<Vec<StreamEvent>, Error> {
+        let start = self.events.partition_point(|e| e.time_us <= after);
+        Ok(self.events.range(start..).take(limit).cloned().collect())
     }
 
     fn summary(&self) -> Result<Summary, Error> {

@@ -30,8 +30,8 @@ use serde::Serialize;
 
 use crate::memory::MemoryStore;
 use crate::{
-    parse_record, Action, BacklinkPage, BacklinkQuery, Batch, Edge, Error, Page, Record, RepoRow,
-    Store, Summary,
+    parse_record, Action, BacklinkPage, BacklinkQuery, Batch, Edge, Error, Micros, Page, Record,
+    RepoRow, Store, StreamEvent, Summary,
 };
 
 /// A store that prints record changes as JSON lines to a writer.
@@ -267,6 +267,10 @@ impl<W: Write + Send> Store for StdoutStore<W> {
 
     fn summary(&self) -> Result<Summary, Error> {
         self.index.summary()
+    }
+
+    fn events_after(&self, after: Micros, limit: usize) -> Result<Vec<StreamEvent>, Error> {
+        self.index.events_after(after, limit)
     }
 }
 

@@ -1,0 +1,264 @@
+//! The served event stream: replay from the store's log, then the live tail.
+//!
+//! The engine publishes each event on a broadcast channel after the batch holding it commits,
+//! and the same events sit in the store's log. A reader ([`EventReader`]) starting from a cursor
+//! pages through the log, then follows the broadcast; the broadcast is subscribed to *before*
+//! the log is read, so no event falls between the two, and events already read from the log are
+//! skipped by `time_us`. The broadcast's capacity bounds memory whatever the number of readers: a
+//! reader that falls further behind than that is told so ([`Lagged`]) and decides what to do
+//! (a WebSocket consumer is cut off; a webhook goes back to the log).
+
+use butterfly_store::StreamEvent;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// The retained log of served events.
+pub trait EventLog: Send + Sync {
+    /// Up to `limit` events with `time_us > after`, oldest first. Blocking: call it from
+    /// `spawn_blocking`.
+    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, String>;
+}
+
+/// Where served events come from.
+#[derive(Clone)]
+pub struct EventFeed {
+    /// Committed events as they happen.
+    pub live: broadcast::Sender<Arc<StreamEvent>>,
+    /// The retained log, for replay.
+    pub log: Arc<dyn EventLog>,
+}
+
+/// A reader fell so far behind the live tail that events were dropped for it; the log may still
+/// hold them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("fell more than the live buffer behind the stream ({missed} events missed)")]
+pub struct Lagged {
+    pub missed: u64,
+}
+
+/// Why [`EventReader::next`] returned no events.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Lagged(#[from] Lagged),
+    #[error("reading the event log: {0}")]
+    Log(String),
+    /// The engine is gone: no more events will come.
+    #[error("the event stream ended")]
+    Closed,
+}
+
+/// Events per log page while replaying.
+const REPLAY_PAGE: usize = 1000;
+
+/// Reads events after a cursor: from the log while behind, then from the live tail.
+pub struct EventReader {
+    feed: EventFeed,
+    live: broadcast::Receiver<Arc<StreamEvent>>,
+    /// The `time_us` of the last event returned (or the starting cursor).
+    after: i64,
+    replaying: bool,
+    /// Set when the live tail dropped events for this reader; until [`EventReader::resume_from_log`]
+    /// every call reports it, so that no caller skips the gap unawares.
+    lagged: Option<u64>,
+}
+
+impl EventReader {
+    /// A reader that returns events with `time_us > cursor`, or, without a cursor, only events
+    /// committed from now on.
+    pub fn new(feed: EventFeed, cursor: Option<i64>) -> EventReader {
+        let live = feed.live.subscribe();
+        EventReader {
+            feed,
+            live,
+            after: cursor.unwrap_or(i64::MAX),
+            replaying: cursor.is_some(),
+            lagged: None,
+        }
+    }
+
+    /// The `time_us` of the last event returned, if any was.
+    pub fn position(&self) -> Option<i64> {
+        (self.after != i64::MAX).then_some(self.after)
+    }
+
+    /// True while the reader is still reading from the log.
+    pub fn replaying(&self) -> bool {
+        self.replaying
+    }
+
+    /// Goes back to the log from the last event returned: what a reader that [`Lagged`] and
+    /// wants to continue does.
+    pub fn resume_from_log(&mut self) {
+        self.live = self.feed.live.subscribe();
+        self.lagged = None;
+        if self.after != i64::MAX {
+            self.replaying = true;
+        }
+    }
+
+    /// The next events, at most `max`, in `time_us` order; waits for the live tail when caught
+    /// up. Cancel-safe: dropping the future loses nothing.
+    pub async fn next(&mut self, max: usize) -> Result<Vec<Arc<StreamEvent>>, ReadError> {
+        let max = max.max(1);
+        if let Some(missed) = self.lagged {
+            return Err(Lagged { missed }.into());
+        }
+        while self.replaying {
+            let log = self.feed.log.clone();
+            let after = self.after;
+            let limit = max.min(REPLAY_PAGE);
+            let page = tokio::task::spawn_blocking(move || log.events_after(after, limit))
+                .await
+                .map_err(|e| ReadError::Log(format!("the log reader failed: {e}")))?
+                .map_err(ReadError::Log)?;
+            if page.len() < limit {
+                self.replaying = false;
+            }
+            if let Some(last) = page.last() {
+                self.after = last.time_us;
+                return Ok(page.into_iter().map(Arc::new).collect());
+            }
+        }
+        loop {
+            let first = match self.live.recv().await {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    self.lagged = Some(missed);
+                    return Err(Lagged { missed }.into());
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(ReadError::Closed),
+            };
+            let mut events = Vec::new();
+            self.take(first, &mut events);
+            while events.len() < max {
+                match self.live.try_recv() {
+                    Ok(event) => self.take(event, &mut events),
+                    Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                        // Hand over what we have; the next call reports the lag.
+                        self.lagged = Some(missed);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !events.is_empty() {
+                return Ok(events);
+            }
+        }
+    }
+
+    /// Keeps `event` unless the log replay already returned it.
+    fn take(&mut self, event: Arc<StreamEvent>, events: &mut Vec<Arc<StreamEvent>>) {
+        if self.after == i64::MAX || event.time_us > self.after {
+            self.after = event.time_us;
+            events.push(event);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use butterfly_store::EventKind;
+    use std::sync::Mutex;
+
+    struct VecLog(Mutex<Vec<StreamEvent>>);
+
+    impl EventLog for VecLog {
+        fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, String> {
+            let events = self.0.lock().map_err(|e| e.to_string())?;
+            Ok(events
+                .iter()
+                .filter(|e| e.time_us > after)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+    }
+
+    fn event(time_us: i64) -> StreamEvent {
+        StreamEvent {
+            time_us,
+            did: "did:plc:alice".into(),
+            kind: EventKind::Commit,
+            collection: Some("app.bsky.feed.post".into()),
+            json: format!("{{\"time_us\":{time_us}}}"),
+        }
+    }
+
+    /// Commits an event the way the engine does: into the log, then onto the broadcast.
+    fn commit(log: &VecLog, feed: &EventFeed, time_us: i64) {
+        log.0.lock().unwrap_or_else(|p| p.into_inner()).push(event(time_us));
+        let _ = feed.live.send(Arc::new(event(time_us)));
+    }
+
+    fn times(events: &[Arc<StreamEvent>]) -> Vec<i64> {
+        events.iter().map(|e| e.time_us).collect()
+    }
+
+    #[tokio::test]
+    async fn replays_the_log_then_follows_the_tail_without_gaps_or_repeats() {
+        let log = Arc::new(VecLog(Mutex::new(Vec::new())));
+        let (live, _) = broadcast::channel(16);
+        let feed = EventFeed {
+            live,
+            log: log.clone(),
+        };
+        for t in 1..=5 {
+            commit(&log, &feed, t);
+        }
+        let mut reader = EventReader::new(feed.clone(), Some(2));
+        // Committed after the reader subscribed: both in the log and on the broadcast.
+        commit(&log, &feed, 6);
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            seen.extend(times(&reader.next(2).await.expect("events")));
+        }
+        assert_eq!(seen, vec![3, 4, 5, 6]);
+        commit(&log, &feed, 7);
+        assert_eq!(times(&reader.next(10).await.expect("events")), vec![7]);
+        assert_eq!(reader.position(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn without_a_cursor_only_new_events_come() {
+        let log = Arc::new(VecLog(Mutex::new(Vec::new())));
+        let (live, _) = broadcast::channel(16);
+        let feed = EventFeed {
+            live,
+            log: log.clone(),
+        };
+        commit(&log, &feed, 1);
+        let mut reader = EventReader::new(feed.clone(), None);
+        commit(&log, &feed, 2);
+        assert_eq!(times(&reader.next(10).await.expect("events")), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_lag_is_reported_until_the_reader_goes_back_to_the_log() {
+        let log = Arc::new(VecLog(Mutex::new(Vec::new())));
+        let (live, _) = broadcast::channel(4);
+        let feed = EventFeed {
+            live,
+            log: log.clone(),
+        };
+        let mut reader = EventReader::new(feed.clone(), None);
+        commit(&log, &feed, 1);
+        assert_eq!(times(&reader.next(10).await.expect("events")), vec![1]);
+        for t in 2..=20 {
+            commit(&log, &feed, t);
+        }
+        assert!(matches!(reader.next(10).await, Err(ReadError::Lagged(_))));
+        assert!(
+            matches!(reader.next(10).await, Err(ReadError::Lagged(_))),
+            "the lag stays reported"
+        );
+        reader.resume_from_log();
+        let mut seen = Vec::new();
+        while seen.len() < 19 {
+            seen.extend(times(&reader.next(7).await.expect("events")));
+        }
+        assert_eq!(seen, (2..=20).collect::<Vec<_>>(), "nothing lost after a lag");
+    }
+}
