@@ -7,3 +7,5 @@
 //! for replay.
 
 pub mod feed;
+pub mod subscribe;
+pub mod webhook;

@@ -1,0 +1,1 @@
+//! A Jetstream-compatible `/subscribe` WebSocket over an [`crate::feed::EventFeed`].
