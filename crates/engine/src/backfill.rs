@@ -28,6 +28,8 @@ pub(crate) struct BackfillJob {
     pub(crate) did: String,
     pub(crate) tags: Vec<String>,
     pub(crate) kind: JobKind,
+    /// The selector's rules when the job started (the admin API may replace them meanwhile).
+    pub(crate) rules: Arc<Rules>,
 }
 
 #[derive(Clone, Debug)]
@@ -55,7 +57,6 @@ pub(crate) struct Backfiller {
     pub(crate) client_config: ClientConfig,
     clients: Mutex<HashMap<String, XrpcClient>>,
     pub(crate) writer: Writer,
-    pub(crate) rules: Arc<Rules>,
     pub(crate) verify: VerifyMode,
     pub(crate) spool_dir: Option<PathBuf>,
     pub(crate) chunk_records: usize,
@@ -67,7 +68,6 @@ impl Backfiller {
         directory: Directory,
         client_config: ClientConfig,
         writer: Writer,
-        rules: Arc<Rules>,
         config: &crate::EngineConfig,
         stats: Arc<Stats>,
     ) -> Backfiller {
@@ -76,7 +76,6 @@ impl Backfiller {
             client_config,
             clients: Mutex::new(HashMap::new()),
             writer,
-            rules,
             verify: config.verify,
             spool_dir: config.spool_dir.clone(),
             chunk_records: config.chunk_records.max(1),
@@ -223,13 +222,13 @@ impl Backfiller {
                     let keep = match keep_cache.get(collection) {
                         Some(keep) => *keep,
                         None => {
-                            let keep = self.rules.keep(&job.tags, collection);
+                            let keep = job.rules.keep(&job.tags, collection);
                             keep_cache.insert(collection.to_owned(), keep);
                             keep
                         }
                     };
                     let kept = keeps(&keep, rkey);
-                    let walks = self.rules.walks(collection);
+                    let walks = job.rules.walks(collection);
                     if !kept && !walks {
                         continue;
                     }
@@ -251,7 +250,7 @@ impl Backfiller {
                     let json = read_json(&path, &cid)?;
                     if walks {
                         sink.edges
-                            .extend(self.rules.edges_of(&job.did, collection, rkey, &json));
+                            .extend(job.rules.edges_of(&job.did, collection, rkey, &json));
                     }
                     if kept && unlimited && !unchanged {
                         sink.emit_new(collection, rkey, cid_text, json.to_string())?;

@@ -5,15 +5,17 @@
 //! this loop.
 
 use crate::backfill::{synced_row, BackfillJob, Backfiller, Fetched, JobKind};
+use crate::control::{Command, ControlError, RepoStanding, RepoUpdate, SelectorSwap};
 use crate::graph::{keeps, Graph, Rules};
 use crate::live::{self, LiveBody, LiveEvent, LiveHandle, Tracked};
-use crate::writer::{Job, Trim, Writer};
+use crate::writer::{EventLog, Job, Notice, Trim, Writer};
 use crate::{Engine, Error, LiveSource, Stats, CURSOR_KEY, CURSOR_SOURCE_KEY};
 use butterfly_firehose::keys::DirectoryKeys;
 use butterfly_firehose::verify::{AccountStatus, RepoState};
 use butterfly_firehose::{LowWaterMark, Ticket, Verifier, VerifierConfig};
 use butterfly_selector::Inputs;
-use butterfly_store::{Action, Batch, Change, RecordKey, RepoRow, SyncState};
+use butterfly_selector::Selector;
+use butterfly_store::{Action, Batch, Change, EventKind, RecordKey, RepoRow, SyncState};
 use butterfly_syntax::Did;
 use butterfly_xrpc::{ClientConfig, HostLimits, LimitsConfig};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -78,6 +80,20 @@ const SEED_ATTEMPTS_ONCE: u32 = 3;
 /// Handle checks (DNS and HTTPS lookups) running at once at most.
 const IDENTITY_LOOKUPS: usize = 32;
 
+/// kv keys: repos added and removed by hand; a selector installed by hand, and the origin of the
+/// start selector it replaced.
+const ADMIN_REPOS_KEY: &str = "admin.repos";
+const ADMIN_SELECTOR_KEY: &str = "admin.selector";
+const ADMIN_SELECTOR_ORIGIN_KEY: &str = "admin.selector.origin";
+
+/// Repos added and removed by hand, as kept under [`ADMIN_REPOS_KEY`].
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct AdminRepos {
+    /// Tag to the DIDs pinned to it.
+    pinned: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    excluded: std::collections::BTreeSet<String>,
+}
+
 struct Coordinator {
     config: crate::EngineConfig,
     rules: Arc<Rules>,
@@ -91,6 +107,15 @@ struct Coordinator {
     graph: Graph,
     /// Seeds by clause index, once resolved.
     seeds: HashMap<usize, Vec<String>>,
+    /// Bumped when the selector is replaced, so that seeds of the old one are ignored.
+    selector_generation: u64,
+    admin: AdminRepos,
+    /// `admin` in the shape `evaluate` takes.
+    pinned: HashMap<String, Vec<String>>,
+    excluded: HashSet<String>,
+    /// Events for the served stream, sent with the next batch (only with an event log).
+    notices: Vec<Notice>,
+    log_events: bool,
     seed_clauses: usize,
     /// Failed attempts per seed clause.
     seed_failures: HashMap<usize, u32>,
@@ -99,7 +124,7 @@ struct Coordinator {
     queue: VecDeque<String>,
     in_flight: usize,
     done_tx: mpsc::Sender<(String, Result<Fetched, String>)>,
-    seeds_tx: mpsc::Sender<(usize, Result<Vec<String>, String>)>,
+    seeds_tx: mpsc::Sender<(u64, usize, Result<Vec<String>, String>)>,
     identity_tx: mpsc::Sender<(String, Option<String>, Option<Ticket>)>,
     identities_in_flight: usize,
     identity_lookups: Arc<tokio::sync::Semaphore>,
@@ -128,7 +153,38 @@ pub(crate) async fn run(
         store,
         directory,
         stats,
+        events,
+        commands: _,
+        mut command_queue,
     } = engine;
+    // A selector installed through the admin API outlives a restart while the start selector is
+    // the one it replaced.
+    let mut selector = selector;
+    if let Some(origin) = &config.selector_origin {
+        if store.kv_get(ADMIN_SELECTOR_ORIGIN_KEY)?.as_deref() == Some(origin.as_str()) {
+            if let Some(document) = store.kv_get(ADMIN_SELECTOR_KEY)? {
+                match Selector::from_json(&document) {
+                    Ok(installed) => {
+                        tracing::info!("using the selector installed through the admin API");
+                        selector = Arc::new(installed);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the stored admin selector is invalid; ignored")
+                    }
+                }
+            }
+        }
+    }
+    let admin: AdminRepos = match store.kv_get(ADMIN_REPOS_KEY)? {
+        Some(text) => serde_json::from_str(&text).map_err(|e| {
+            Error::Config(format!("the stored {ADMIN_REPOS_KEY} is unreadable: {e}"))
+        })?,
+        None => AdminRepos::default(),
+    };
+    let event_log = match config.event_log {
+        Some(retention) => Some(EventLog::new(retention, events, store.as_ref())?),
+        None => None,
+    };
     // What the store holds.
     let rows = store.repos()?;
     let edges = store.edges()?;
@@ -136,7 +192,7 @@ pub(crate) async fn run(
     let stored_cursor = store
         .kv_get(CURSOR_KEY)?
         .and_then(|text| text.parse::<i64>().ok());
-    let (writer, writer_thread) = Writer::start(store, stats.clone())?;
+    let (writer, writer_thread) = Writer::start(store, stats.clone(), event_log)?;
 
     let source_name = match &config.live {
         LiveSource::None => None,
@@ -161,23 +217,13 @@ pub(crate) async fn run(
         directory.clone(),
         client_config.clone(),
         writer.clone(),
-        rules.clone(),
         &config,
         stats.clone(),
     ));
     let (done_tx, mut done_rx) = mpsc::channel(64);
     let (seeds_tx, mut seeds_rx) = mpsc::channel(64);
     let (identity_tx, mut identity_rx) = mpsc::channel(64);
-    let seed_clauses = selector
-        .clauses()
-        .iter()
-        .filter(|c| {
-            matches!(
-                c.source,
-                butterfly_selector::Source::Identity(_) | butterfly_selector::Source::Service(_)
-            )
-        })
-        .count();
+    let seed_clauses = seed_clauses(&selector);
     let mut coordinator = Coordinator {
         config: config.clone(),
         rules,
@@ -190,6 +236,12 @@ pub(crate) async fn run(
         tracked: Default::default(),
         graph: Graph::from_edges(edges),
         seeds: HashMap::new(),
+        selector_generation: 0,
+        admin: AdminRepos::default(),
+        pinned: HashMap::new(),
+        excluded: HashSet::new(),
+        notices: Vec::new(),
+        log_events: config.event_log.is_some(),
         seed_clauses,
         seed_failures: HashMap::new(),
         dirty: true,
@@ -213,6 +265,7 @@ pub(crate) async fn run(
         last_retry_scan: Instant::now(),
     };
     coordinator.load(rows);
+    coordinator.set_admin(admin);
 
     // The live stream starts before any backfill, so that nothing falls between a repo's snapshot
     // and its first live event.
@@ -251,7 +304,7 @@ pub(crate) async fn run(
         coordinator.mark = Some(handle.mark.clone());
         coordinator.verifier = handle.verifier.clone();
     }
-    coordinator.start_seeds(&selector, Duration::ZERO);
+    coordinator.start_seeds(Duration::ZERO);
     coordinator.schedule();
 
     let mut ticker = tokio::time::interval(config.batch_interval);
@@ -275,8 +328,12 @@ pub(crate) async fn run(
                 coordinator.on_fetched(did, result);
                 Ok(())
             }
-            Some((index, result)) = seeds_rx.recv() => {
-                coordinator.on_seeds(&selector, index, result)
+            Some((generation, index, result)) = seeds_rx.recv() => {
+                coordinator.on_seeds(generation, index, result)
+            }
+            Some(command) = command_queue.recv() => {
+                coordinator.on_command(command);
+                Ok(())
             }
             Some((did, handle, ticket)) = identity_rx.recv() => {
                 coordinator.on_identity(did, handle, ticket);
@@ -362,8 +419,8 @@ impl Coordinator {
         }
     }
 
-    fn start_seeds(&self, selector: &butterfly_selector::Selector, delay: Duration) {
-        for (index, clause) in selector.clauses().iter().enumerate() {
+    fn start_seeds(&self, delay: Duration) {
+        for (index, clause) in self.rules.selector.clauses().iter().enumerate() {
             if self.seeds.contains_key(&index) {
                 continue;
             }
@@ -375,6 +432,7 @@ impl Coordinator {
         let directory = self.directory.clone();
         let client_config = self.client_config.clone();
         let seeds_tx = self.seeds_tx.clone();
+        let generation = self.selector_generation;
         let relay = match &self.config.live {
             LiveSource::Relay(url) => crate::discovery::relay_http_base(url),
             _ => None,
@@ -384,17 +442,20 @@ impl Coordinator {
             if let Some(result) =
                 crate::discovery::seeds(&clause, &directory, &client_config, relay.as_deref()).await
             {
-                let _ = seeds_tx.send((index, result)).await;
+                let _ = seeds_tx.send((generation, index, result)).await;
             }
         });
     }
 
     fn on_seeds(
         &mut self,
-        selector: &butterfly_selector::Selector,
+        generation: u64,
         index: usize,
         result: Result<Vec<String>, String>,
     ) -> Result<(), Error> {
+        if generation != self.selector_generation {
+            return Ok(()); // a seed of a replaced selector
+        }
         let message = match result {
             Ok(dids) => {
                 self.seeds.insert(index, dids);
@@ -415,8 +476,8 @@ impl Coordinator {
         }
         let delay = Duration::from_secs(1 << (*failures).min(6));
         tracing::warn!(clause = index, %message, ?delay, "selector seed failed; retrying");
-        if let Some(clause) = selector.clauses().get(index) {
-            self.spawn_seed(index, clause.clone(), delay);
+        if let Some(clause) = self.rules.selector.clauses().get(index).cloned() {
+            self.spawn_seed(index, clause, delay);
         }
         Ok(())
     }
@@ -432,6 +493,8 @@ impl Coordinator {
             &Inputs {
                 seeds: &self.seeds,
                 edges: &self.graph,
+                pinned: &self.pinned,
+                excluded: &self.excluded,
             },
         );
         // Repos no tag holds any more.
@@ -577,6 +640,7 @@ impl Coordinator {
                 did: did.clone(),
                 tags: repo.row.tags.clone(),
                 kind,
+                rules: self.rules.clone(),
             };
             self.in_flight += 1;
             let backfiller = self.backfiller.clone();
@@ -652,6 +716,14 @@ impl Coordinator {
 
     fn on_live(&mut self, event: LiveEvent) {
         self.stats.live_events.fetch_add(1, Ordering::Relaxed);
+        let kind = match event.body {
+            LiveBody::Commit { .. } => 0,
+            LiveBody::Identity => 1,
+            LiveBody::Account { .. } => 2,
+            LiveBody::Resync => 3,
+            LiveBody::Nothing => 4,
+        };
+        self.stats.events_by_kind[kind].fetch_add(1, Ordering::Relaxed);
         self.batch_events += 1;
         let Some(repo) = self.repos.get_mut(&event.did) else {
             self.tickets.extend(event.ticket);
@@ -684,6 +756,7 @@ impl Coordinator {
             body,
             ticket,
         } = event;
+        let ticket_seq = ticket.as_ref().map(Ticket::seq);
         // An identity event's ticket waits for the lookup, so its handle is durable first.
         let mut ticket = ticket;
         if !matches!(body, LiveBody::Identity) {
@@ -711,6 +784,23 @@ impl Coordinator {
                     status.unwrap_or_else(|| "inactive".into())
                 };
                 let was = std::mem::replace(&mut repo.row.status, status.clone());
+                if self.log_events {
+                    let mut body = serde_json::json!({
+                        "active": active,
+                        "did": did,
+                        "seq": ticket_seq,
+                        "time": event_time(time_micros),
+                    });
+                    if !active {
+                        body["status"] = serde_json::Value::String(status.clone());
+                    }
+                    self.notices.push(Notice {
+                        did: did.clone(),
+                        kind: EventKind::Account,
+                        collection: None,
+                        body: body.to_string(),
+                    });
+                }
                 // A deleted account's content goes; the row stays, with the status. Deactivated,
                 // taken-down and suspended accounts keep theirs, marked by the status column:
                 // those states are often lifted, and what to show is the reader's decision.
@@ -718,6 +808,8 @@ impl Coordinator {
                     repo.row.rev = None;
                     repo.row.data_cid = None;
                     self.batch.changes.retain(|c| c.did != did);
+                    self.notices
+                        .retain(|n| !(n.did == did && n.kind == EventKind::Commit));
                     self.batch.cleared.push(did.clone());
                     self.batch.edges_added.retain(|e| e.did != did);
                     self.graph.remove_repo(&did);
@@ -785,6 +877,9 @@ impl Coordinator {
                         });
                     }
                     self.stats.live_changes.fetch_add(1, Ordering::Relaxed);
+                    if self.log_events {
+                        self.notices.push(commit_notice(&did, &rev, &op));
+                    }
                     self.batch.changes.push(Change {
                         did: did.clone(),
                         collection: op.collection,
@@ -843,6 +938,24 @@ impl Coordinator {
 
     fn on_identity(&mut self, did: String, handle: Option<String>, ticket: Option<Ticket>) {
         self.identities_in_flight = self.identities_in_flight.saturating_sub(1);
+        // A lookup with a ticket answers an identity event: it goes on the served stream, with
+        // the handle as checked both ways.
+        if self.log_events && self.repos.contains_key(&did) {
+            if let Some(ticket) = &ticket {
+                let body = serde_json::json!({
+                    "did": did,
+                    "handle": handle,
+                    "seq": ticket.seq(),
+                    "time": event_time(Some(crate::now_micros())),
+                });
+                self.notices.push(Notice {
+                    did: did.clone(),
+                    kind: EventKind::Identity,
+                    collection: None,
+                    body: body.to_string(),
+                });
+            }
+        }
         self.tickets.extend(ticket);
         if let Some(repo) = self.repos.get_mut(&did) {
             if repo.row.handle != handle {
@@ -861,6 +974,15 @@ impl Coordinator {
                 .rejected()
                 .into_iter()
                 .partition(|(reason, _)| *reason == butterfly_firehose::Reason::StaleRev);
+            *self
+                .stats
+                .rejections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = refused
+                .iter()
+                .chain(&stale)
+                .map(|(reason, n)| (format!("{reason:?}"), *n))
+                .collect();
             let sum =
                 |list: Vec<(butterfly_firehose::Reason, u64)>| list.iter().map(|(_, n)| n).sum();
             self.stats.rejected.store(sum(refused), Ordering::Relaxed);
@@ -880,6 +1002,7 @@ impl Coordinator {
             return self.flush().await;
         }
         self.last_retry_scan = now;
+        self.count_states();
         let mut due = Vec::new();
         for (did, repo) in &mut self.repos {
             if repo.phase == Phase::Failed && repo.retry_at.is_some_and(|at| at <= now) {
@@ -932,14 +1055,16 @@ impl Coordinator {
         }
         let tickets = std::mem::take(&mut self.tickets);
         let trims = std::mem::take(&mut self.trims);
+        let notices = std::mem::take(&mut self.notices);
         self.batch_events = 0;
-        if batch.is_empty() && tickets.is_empty() && done.is_none() {
+        if batch.is_empty() && tickets.is_empty() && done.is_none() && notices.is_empty() {
             return Ok(());
         }
         self.writer
             .send(Job::Apply {
                 batch: Box::new(batch),
                 trims,
+                notices,
                 tickets,
                 mark: self.mark.clone(),
                 done,
@@ -961,6 +1086,188 @@ impl Coordinator {
             })
     }
 
+    /// Repos by sync state, for metrics.
+    fn count_states(&self) {
+        let mut counts = [0u64; 4];
+        for repo in self.repos.values() {
+            let index = match repo.row.state {
+                SyncState::Pending => 0,
+                SyncState::Synced => 1,
+                SyncState::Resync => 2,
+                SyncState::Failed => 3,
+            };
+            counts[index] += 1;
+        }
+        for (gauge, count) in self.stats.repos_by_state.iter().zip(counts) {
+            gauge.store(count, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes in the repos added and removed by hand.
+    fn set_admin(&mut self, admin: AdminRepos) {
+        self.pinned = admin
+            .pinned
+            .iter()
+            .map(|(tag, dids)| (tag.clone(), dids.iter().cloned().collect()))
+            .collect();
+        self.excluded = admin.excluded.iter().cloned().collect();
+        self.admin = admin;
+        self.dirty = true;
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Repos { update, reply } => {
+                let _ = reply.send(self.update_repos(update));
+            }
+            Command::Selector { document, reply } => {
+                let _ = reply.send(self.replace_selector(&document));
+            }
+            Command::Resync { dids, reply } => {
+                for did in &dids {
+                    self.resync(did);
+                }
+                self.schedule();
+                let _ = reply.send(Ok(self.standings(&dids)));
+            }
+        }
+    }
+
+    fn update_repos(&mut self, update: RepoUpdate) -> Result<Vec<RepoStanding>, ControlError> {
+        let known: HashSet<&str> = self.rules.selector.tags().into_iter().collect();
+        let mut admin = self.admin.clone();
+        let mut mentioned = Vec::new();
+        for (did, tags) in &update.add {
+            Did::parse(did).map_err(|e| ControlError::Invalid(format!("{did:?}: {e}")))?;
+            if tags.is_empty() {
+                return Err(ControlError::Invalid(format!(
+                    "{did}: no tags to add it to"
+                )));
+            }
+            for tag in tags {
+                if !known.contains(tag.as_str()) {
+                    let mut names: Vec<&str> = known.iter().copied().collect();
+                    names.sort_unstable();
+                    return Err(ControlError::Invalid(format!(
+                        "unknown tag {tag:?}: the selector's tags are {}",
+                        names.join(", ")
+                    )));
+                }
+                admin
+                    .pinned
+                    .entry(tag.clone())
+                    .or_default()
+                    .insert(did.clone());
+            }
+            admin.excluded.remove(did);
+            mentioned.push(did.clone());
+        }
+        for (did, tags) in &update.remove {
+            Did::parse(did).map_err(|e| ControlError::Invalid(format!("{did:?}: {e}")))?;
+            match tags {
+                Some(tags) => {
+                    for tag in tags {
+                        if let Some(dids) = admin.pinned.get_mut(tag) {
+                            dids.remove(did);
+                        }
+                    }
+                }
+                None => {
+                    for dids in admin.pinned.values_mut() {
+                        dids.remove(did);
+                    }
+                    admin.excluded.insert(did.clone());
+                }
+            }
+            mentioned.push(did.clone());
+        }
+        admin.pinned.retain(|_, dids| !dids.is_empty());
+        let text = serde_json::to_string(&admin)
+            .map_err(|e| ControlError::Invalid(format!("encoding the admin repos: {e}")))?;
+        self.batch.kv.push((ADMIN_REPOS_KEY.into(), Some(text)));
+        self.set_admin(admin);
+        self.evaluate();
+        self.schedule();
+        Ok(self.standings(&mentioned))
+    }
+
+    fn replace_selector(&mut self, document: &str) -> Result<SelectorSwap, ControlError> {
+        let selector =
+            Selector::from_json(document).map_err(|e| ControlError::Invalid(e.to_string()))?;
+        let old_rules = self.rules.clone();
+        let new_rules = Arc::new(Rules::new(Arc::new(selector)));
+        let before: HashSet<String> = self.repos.keys().cloned().collect();
+        self.rules = new_rules.clone();
+        self.selector_generation += 1;
+        self.seeds.clear();
+        self.seed_failures.clear();
+        self.seed_clauses = seed_clauses(&new_rules.selector);
+        // Hand-pinned repos stay only under tags the new selector still has.
+        let tags: HashSet<&str> = new_rules.selector.tags().into_iter().collect();
+        let mut admin = self.admin.clone();
+        admin.pinned.retain(|tag, _| tags.contains(tag.as_str()));
+        if let Ok(text) = serde_json::to_string(&admin) {
+            self.batch.kv.push((ADMIN_REPOS_KEY.into(), Some(text)));
+        }
+        self.set_admin(admin);
+        if let Some(origin) = &self.config.selector_origin {
+            self.batch
+                .kv
+                .push((ADMIN_SELECTOR_KEY.into(), Some(document.to_owned())));
+            self.batch
+                .kv
+                .push((ADMIN_SELECTOR_ORIGIN_KEY.into(), Some(origin.clone())));
+        }
+        // Repos keeping their tags but not what those tags keep, or whose records may hold
+        // edges the old rules did not record, are fetched again.
+        let walks_changed = !old_rules.same_walks(&new_rules);
+        let mut resynced = 0;
+        let dids: Vec<String> = self.repos.keys().cloned().collect();
+        for did in dids {
+            let Some(repo) = self.repos.get(&did) else {
+                continue;
+            };
+            let tags = repo.row.tags.clone();
+            let same =
+                crate::graph::same_retention_between((&old_rules, &tags), (&new_rules, &tags));
+            if walks_changed || !same {
+                resynced += 1;
+                self.resync(&did);
+            }
+        }
+        self.start_seeds(Duration::ZERO);
+        self.dirty = true;
+        self.evaluate();
+        self.schedule();
+        let after: HashSet<&String> = self.repos.keys().collect();
+        Ok(SelectorSwap {
+            added: after.iter().filter(|did| !before.contains(**did)).count() as u64,
+            removed: before.iter().filter(|did| !after.contains(did)).count() as u64,
+            resynced,
+            settled: self.seeds.len() >= self.seed_clauses,
+        })
+    }
+
+    /// Where each of `dids` stands now.
+    fn standings(&self, dids: &[String]) -> Vec<RepoStanding> {
+        let mut seen = HashSet::new();
+        dids.iter()
+            .filter(|did| seen.insert(did.as_str()))
+            .map(|did| match self.repos.get(did) {
+                Some(repo) => RepoStanding {
+                    did: did.clone(),
+                    tags: repo.row.tags.clone(),
+                    state: Some(repo.row.state.as_str().to_owned()),
+                },
+                None => RepoStanding {
+                    did: did.clone(),
+                    tags: Vec::new(),
+                    state: None,
+                },
+            })
+            .collect()
+    }
+
     fn update_gauges(&self) {
         self.stats
             .repos_selected
@@ -969,5 +1276,53 @@ impl Coordinator {
             (self.queue.len() + self.in_flight) as u64,
             Ordering::Relaxed,
         );
+    }
+}
+
+/// Clauses whose members come from outside the graph (identities, discovery calls): evaluation
+/// waits until each has answered once.
+fn seed_clauses(selector: &Selector) -> usize {
+    selector
+        .clauses()
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.source,
+                butterfly_selector::Source::Identity(_) | butterfly_selector::Source::Service(_)
+            )
+        })
+        .count()
+}
+
+/// An event's time as Jetstream gives it (RFC 3339); now when the event carries none.
+fn event_time(micros: Option<i64>) -> String {
+    let micros = micros.unwrap_or_else(crate::now_micros);
+    butterfly_syntax::datetime::format_micros(u64::try_from(micros).unwrap_or(0))
+}
+
+/// The `commit` object of a Jetstream commit event for one op.
+fn commit_notice(did: &str, rev: &str, op: &live::LiveOp) -> Notice {
+    let quote = |text: &str| serde_json::Value::String(text.to_owned()).to_string();
+    let mut body = format!(
+        "{{\"rev\":{},\"operation\":\"{}\",\"collection\":{},\"rkey\":{}",
+        quote(rev),
+        op.action.as_str(),
+        quote(&op.collection),
+        quote(&op.rkey)
+    );
+    if let Some(json) = &op.json {
+        body.push_str(",\"record\":");
+        body.push_str(json);
+    }
+    if let Some(cid) = &op.cid {
+        body.push_str(",\"cid\":");
+        body.push_str(&quote(cid));
+    }
+    body.push('}');
+    Notice {
+        did: did.to_owned(),
+        kind: EventKind::Commit,
+        collection: Some(op.collection.clone()),
+        body,
     }
 }

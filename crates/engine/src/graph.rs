@@ -87,6 +87,7 @@ impl EdgeSource for Graph {
 
 /// What the engine needs from the selector while reading records: retention per tag set and
 /// collection, and which collections hold walk edges.
+#[derive(Debug)]
 pub(crate) struct Rules {
     pub(crate) selector: Arc<Selector>,
     walks_by_collection: HashMap<String, Vec<WalkKey>>,
@@ -146,26 +147,35 @@ impl Rules {
         edges
     }
 
-    /// True if repos with tags `a` and with tags `b` keep the same things. Checked at one
-    /// collection per region the patterns of either set carve out (each pattern, and a name only
-    /// a prefix wildcard or `*` matches).
+    /// True if repos with tags `a` and with tags `b` keep the same things.
     pub(crate) fn same_retention(&self, a: &[String], b: &[String]) -> bool {
-        if a == b {
-            return true;
-        }
-        let mut probes = vec!["zz.butterfly.probe".to_owned()];
-        for tag in a.iter().chain(b) {
-            for pattern in self.selector.retention().patterns(tag) {
+        a == b || same_retention_between((self, a), (self, b))
+    }
+
+    /// True if these rules walk the same record attributes as `other`.
+    pub(crate) fn same_walks(&self, other: &Rules) -> bool {
+        self.selector.walk_keys() == other.selector.walk_keys()
+    }
+}
+
+/// True if a repo with tags `a.1` under rules `a.0` keeps the same things as one with tags `b.1`
+/// under rules `b.0`. Checked at one collection per region the patterns of either side carve
+/// out (each pattern, and a name only a prefix wildcard or `*` matches).
+pub(crate) fn same_retention_between(a: (&Rules, &[String]), b: (&Rules, &[String])) -> bool {
+    let mut probes = vec!["zz.butterfly.probe".to_owned()];
+    for (rules, tags) in [a, b] {
+        for tag in tags {
+            for pattern in rules.selector.retention().patterns(tag) {
                 match pattern.strip_suffix('*') {
                     Some(prefix) => probes.push(format!("{prefix}zzbutterflyprobe")),
                     None => probes.push(pattern.to_owned()),
                 }
             }
         }
-        probes
-            .iter()
-            .all(|collection| self.keep(a, collection) == self.keep(b, collection))
     }
+    probes
+        .iter()
+        .all(|collection| a.0.keep(a.1, collection) == b.0.keep(b.1, collection))
 }
 
 /// Whether a record is kept under `keep`: `latest:N` records are kept here and trimmed to N by the

@@ -16,6 +16,7 @@
 //! edges and retention; [`writer`] is the store's thread.
 
 mod backfill;
+mod control;
 mod coordinator;
 mod discovery;
 mod graph;
@@ -23,15 +24,17 @@ mod live;
 mod writer;
 
 pub use butterfly_firehose::VerifyMode;
+pub use control::{Control, ControlError, RepoStanding, RepoUpdate, SelectorSwap};
 
 use butterfly_identity::Directory;
 use butterfly_selector::Selector;
-use butterfly_store::Store;
+use butterfly_store::{Store, StreamEvent};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
 
 /// Where live events come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +77,16 @@ pub struct EngineConfig {
     pub batch_interval: Duration,
     /// Records per backfill chunk.
     pub chunk_records: usize,
+    /// Keep a log of the served stream's events for this long (see [`Engine::events`]); `None`
+    /// writes no log and publishes nothing.
+    pub event_log: Option<Duration>,
+    /// Events held for subscribers that are behind the live tail; past it they are told they
+    /// lagged.
+    pub event_buffer: usize,
+    /// Names the selector given at start (a hash of its file, say). With it, a selector that
+    /// [`Control::replace_selector`] installs is kept in the store and used after a restart,
+    /// for as long as the start selector has the same origin.
+    pub selector_origin: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -93,6 +106,9 @@ impl Default for EngineConfig {
             batch_max_events: 2000,
             batch_interval: Duration::from_millis(100),
             chunk_records: 5000,
+            event_log: None,
+            event_buffer: 16_384,
+            selector_origin: None,
         }
     }
 }
@@ -132,7 +148,19 @@ pub struct Stats {
     /// The stream time (µs since the epoch) of the last live event applied (gauge; 0 before any).
     pub last_event_micros: AtomicI64,
     pub batches_written: AtomicU64,
+    /// Live events by kind: commit, identity, account, resync, other.
+    pub events_by_kind: [AtomicU64; 5],
+    /// Verifier refusals by reason (replays of applied commits included), refreshed each tick.
+    pub rejections: std::sync::Mutex<Vec<(String, u64)>>,
+    /// Repos by sync state (pending, synced, resync, failed), refreshed each second (gauges).
+    pub repos_by_state: [AtomicU64; 4],
 }
+
+/// The kinds counted in [`Stats::events_by_kind`], in order.
+pub const EVENT_KINDS: [&str; 5] = ["commit", "identity", "account", "resync", "other"];
+
+/// The states counted in [`Stats::repos_by_state`], in order.
+pub const REPO_STATES: [&str; 4] = ["pending", "synced", "resync", "failed"];
 
 impl Stats {
     /// A plain copy, for printing.
@@ -184,6 +212,9 @@ pub struct Engine {
     store: Box<dyn Store>,
     directory: Directory,
     stats: Arc<Stats>,
+    events: broadcast::Sender<Arc<StreamEvent>>,
+    commands: mpsc::Sender<control::Command>,
+    command_queue: mpsc::Receiver<control::Command>,
 }
 
 impl Engine {
@@ -196,12 +227,30 @@ impl Engine {
     ) -> Engine {
         let stats = Arc::new(Stats::default());
         stats.cursor.store(-1, Ordering::Relaxed);
+        let (events, _) = broadcast::channel(config.event_buffer.max(16));
+        let (commands, command_queue) = mpsc::channel(16);
         Engine {
             config,
             selector: Arc::new(selector),
             store,
             directory,
             stats,
+            events,
+            commands,
+            command_queue,
+        }
+    }
+
+    /// The served stream: each event is sent once the batch holding it is durable (so also in
+    /// the store's event log). Empty unless [`EngineConfig::event_log`] is set.
+    pub fn events(&self) -> broadcast::Sender<Arc<StreamEvent>> {
+        self.events.clone()
+    }
+
+    /// A handle for changing what the engine syncs while it runs.
+    pub fn control(&self) -> Control {
+        Control {
+            commands: self.commands.clone(),
         }
     }
 

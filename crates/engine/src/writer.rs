@@ -11,11 +11,93 @@
 
 use crate::{Error, Stats};
 use butterfly_firehose::{LowWaterMark, Ticket};
-use butterfly_store::{Action, Batch, Change, Store};
+use butterfly_store::{Action, Batch, Change, EventKind, Store, StreamEvent};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// An event for the served stream, before the writer gives it its time: the JSON object that
+/// goes under the event's `kind` key (Jetstream's shape).
+#[derive(Clone, Debug)]
+pub(crate) struct Notice {
+    pub(crate) did: String,
+    pub(crate) kind: EventKind,
+    pub(crate) collection: Option<String>,
+    pub(crate) body: String,
+}
+
+/// The kv key holding the newest logged event's time, so times stay increasing across restarts
+/// even if the clock steps back.
+const EVENTS_LAST_KEY: &str = "events.last_time_us";
+
+/// How often the log is trimmed to its retention.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+/// The served stream's log: stamps events with increasing times, appends them with their
+/// batch, and publishes them once the batch is durable.
+pub(crate) struct EventLog {
+    pub(crate) retention: Duration,
+    pub(crate) live: broadcast::Sender<Arc<StreamEvent>>,
+    last_time_us: i64,
+    last_trim: Option<Instant>,
+}
+
+impl EventLog {
+    pub(crate) fn new(
+        retention: Duration,
+        live: broadcast::Sender<Arc<StreamEvent>>,
+        store: &dyn Store,
+    ) -> Result<EventLog, butterfly_store::Error> {
+        let last_time_us = store
+            .kv_get(EVENTS_LAST_KEY)?
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0);
+        Ok(EventLog {
+            retention,
+            live,
+            last_time_us,
+            last_trim: None,
+        })
+    }
+
+    /// Turns notices into logged events in `batch`; returns what to publish after the commit.
+    fn stamp(&mut self, batch: &mut Batch, notices: Vec<Notice>) -> Vec<Arc<StreamEvent>> {
+        let now = crate::now_micros();
+        if self.last_trim.is_none_or(|at| at.elapsed() >= TRIM_EVERY) {
+            self.last_trim = Some(Instant::now());
+            batch.events_before = Some(now - self.retention.as_micros() as i64);
+        }
+        if notices.is_empty() {
+            return Vec::new();
+        }
+        let mut published = Vec::with_capacity(notices.len());
+        for notice in notices {
+            let time_us = now.max(self.last_time_us + 1);
+            self.last_time_us = time_us;
+            let kind = notice.kind.as_str();
+            let json = format!(
+                "{{\"did\":{},\"time_us\":{time_us},\"kind\":\"{kind}\",\"{kind}\":{}}}",
+                serde_json::Value::String(notice.did.clone()),
+                notice.body
+            );
+            let event = StreamEvent {
+                time_us,
+                did: notice.did,
+                kind: notice.kind,
+                collection: notice.collection,
+                json,
+            };
+            published.push(Arc::new(event.clone()));
+            batch.events.push(event);
+        }
+        batch
+            .kv
+            .push((EVENTS_LAST_KEY.into(), Some(self.last_time_us.to_string())));
+        published
+    }
+}
 
 /// Keep only the `keep` newest records of one collection of a repo (`latest:N`). Worked out on the
 /// writer thread, against the store as it is when the batch is applied.
@@ -38,6 +120,8 @@ pub(crate) enum Job {
     Apply {
         batch: Box<Batch>,
         trims: Vec<Trim>,
+        /// Events for the served stream, logged with the batch.
+        notices: Vec<Notice>,
         tickets: Vec<Ticket>,
         /// The mark the tickets belong to.
         mark: Option<Arc<LowWaterMark>>,
@@ -56,6 +140,7 @@ impl Job {
         Job::Apply {
             batch: Box::new(batch),
             trims: Vec::new(),
+            notices: Vec::new(),
             tickets: Vec::new(),
             mark: None,
             done: None,
@@ -68,11 +153,13 @@ impl Job {
             Job::Apply {
                 batch,
                 trims,
+                notices,
                 tickets,
                 done,
                 ..
             } => {
                 trims.is_empty()
+                    && notices.is_empty()
                     && tickets.is_empty()
                     && done.is_none()
                     && batch.purged.is_empty()
@@ -110,6 +197,7 @@ impl Writer {
     pub(crate) fn start(
         mut store: Box<dyn Store>,
         stats: Arc<Stats>,
+        mut event_log: Option<EventLog>,
     ) -> Result<(Writer, std::thread::JoinHandle<Box<dyn Store>>), Error> {
         let (jobs, mut queue) = mpsc::channel::<Job>(32);
         let failure = Arc::new(Mutex::new(None));
@@ -142,7 +230,7 @@ impl Writer {
                     } else {
                         job
                     };
-                    if let Err(error) = run_job(store.as_mut(), job, &stats) {
+                    if let Err(error) = run_job(store.as_mut(), job, &stats, event_log.as_mut()) {
                         tracing::error!(%error, "store write failed; stopping");
                         *failure_slot.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(error.to_string());
@@ -203,7 +291,12 @@ fn merge(into: &mut Job, more: Job) {
     }
 }
 
-fn run_job(store: &mut dyn Store, job: Job, stats: &Stats) -> Result<(), butterfly_store::Error> {
+fn run_job(
+    store: &mut dyn Store,
+    job: Job,
+    stats: &Stats,
+    event_log: Option<&mut EventLog>,
+) -> Result<(), butterfly_store::Error> {
     match job {
         Job::RecordKeys { did, reply } => {
             let _ = reply.send(store.record_keys(&did));
@@ -212,14 +305,29 @@ fn run_job(store: &mut dyn Store, job: Job, stats: &Stats) -> Result<(), butterf
         Job::Apply {
             mut batch,
             trims,
+            notices,
             tickets,
             mark,
             done,
         } => {
             apply_trims(store, &mut batch, &trims)?;
+            let (published, live) = match event_log {
+                Some(log) => (log.stamp(&mut batch, notices), Some(&log.live)),
+                None => (Vec::new(), None),
+            };
             if !batch.is_empty() {
+                let started = Instant::now();
                 store.apply(*batch)?;
+                metrics::histogram!("butterfly_store_write_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 stats.batches_written.fetch_add(1, Ordering::Relaxed);
+            }
+            // Published only now that the batch is durable: a consumer never sees an event the
+            // store could lose. Without subscribers the send fails, which is fine.
+            if let Some(live) = live {
+                for event in published {
+                    let _ = live.send(event);
+                }
             }
             if let Some(mark) = mark {
                 for ticket in tickets {

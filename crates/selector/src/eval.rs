@@ -52,6 +52,11 @@ pub struct Inputs<'a> {
     pub seeds: &'a HashMap<usize, Vec<String>>,
     /// The graph edges known so far.
     pub edges: &'a dyn EdgeSource,
+    /// Repos added by hand (the admin API), by tag: members of that tag as seeds are, and walked
+    /// from like any member.
+    pub pinned: &'a HashMap<String, Vec<String>>,
+    /// Repos removed by hand: members of no tag, and never walked through.
+    pub excluded: &'a HashSet<String>,
 }
 
 /// The result of [`evaluate`]: each selected repo's tags, and each tag's repos.
@@ -133,7 +138,7 @@ pub fn evaluate(selector: &Selector, inputs: &Inputs<'_>) -> Membership {
     let mut by_tag: HashMap<String, Vec<String>> = HashMap::with_capacity(order.len());
     for tag in order {
         let clauses = clauses_of.remove(tag).unwrap_or_default();
-        let members = evaluate_tag(&clauses, &by_tag, inputs);
+        let members = evaluate_tag(tag, &clauses, &by_tag, inputs);
         by_tag.insert(tag.to_owned(), members);
     }
     let mut by_did: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -150,6 +155,7 @@ pub fn evaluate(selector: &Selector, inputs: &Inputs<'_>) -> Membership {
 
 /// One tag's members, sorted; `done` holds the tags it depends on.
 fn evaluate_tag(
+    tag: &str,
     clauses: &[(usize, &Clause)],
     done: &HashMap<String, Vec<String>>,
     inputs: &Inputs<'_>,
@@ -183,8 +189,12 @@ fn evaluate_tag(
             }
         }
     }
+    if let Some(pinned) = inputs.pinned.get(tag) {
+        members.extend(pinned.iter().cloned());
+    }
+    members.retain(|did| !inputs.excluded.contains(did));
     if !recursive.is_empty() {
-        crawl(&mut members, &recursive, inputs.edges);
+        crawl(&mut members, &recursive, inputs.edges, inputs.excluded);
     }
     let mut members: Vec<String> = members.into_iter().collect();
     members.sort_unstable();
@@ -192,7 +202,12 @@ fn evaluate_tag(
 }
 
 /// Runs a tag's recursive walks together, breadth first from its current members.
-fn crawl(members: &mut HashSet<String>, walks: &[&Clause], edges: &dyn EdgeSource) {
+fn crawl(
+    members: &mut HashSet<String>,
+    walks: &[&Clause],
+    edges: &dyn EdgeSource,
+    excluded: &HashSet<String>,
+) {
     let mut added = vec![0usize; walks.len()];
     let mut frontier: Vec<String> = members.iter().cloned().collect();
     frontier.sort_unstable();
@@ -210,7 +225,7 @@ fn crawl(members: &mut HashSet<String>, walks: &[&Clause], edges: &dyn EdgeSourc
             let mut found = HashSet::new();
             for did in &frontier {
                 for target in edges.targets(did, key) {
-                    if !members.contains(&target) {
+                    if !members.contains(&target) && !excluded.contains(&target) {
                         found.insert(target);
                     }
                 }

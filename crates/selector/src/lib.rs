@@ -34,7 +34,13 @@
 //! let seeds = HashMap::from([(0, vec!["did:plc:alice".to_owned()])]);
 //! let mut edges = EdgeMap::new();
 //! edges.add("did:plc:alice", &selector.walk_keys()[0], ["did:plc:bob".to_owned()]);
-//! let membership = evaluate(&selector, &Inputs { seeds: &seeds, edges: &edges });
+//! let inputs = Inputs {
+//!     seeds: &seeds,
+//!     edges: &edges,
+//!     pinned: &Default::default(),
+//!     excluded: &Default::default(),
+//! };
+//! let membership = evaluate(&selector, &inputs);
 //! assert_eq!(membership.tags_of("did:plc:bob"), ["followed"]);
 //!
 //! let keep = selector.retention().keep(["followed"], "app.bsky.feed.post");

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use butterfly_selector::{evaluate, EdgeMap, Inputs, Membership, Selector, WalkKey};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A short DID for a name, so that graphs read easily.
 fn did(name: &str) -> String {
@@ -37,6 +37,8 @@ fn run(selector: &Selector, seeds: &[(usize, &[&str])], edges: &EdgeMap) -> Memb
         &Inputs {
             seeds: &seeds,
             edges,
+            pinned: &Default::default(),
+            excluded: &Default::default(),
         },
     )
 }
@@ -271,6 +273,8 @@ fn evaluation_is_deterministic() {
         &Inputs {
             seeds: &seeds,
             edges: &forward,
+            pinned: &Default::default(),
+            excluded: &Default::default(),
         },
     );
     let second = evaluate(
@@ -278,6 +282,8 @@ fn evaluation_is_deterministic() {
         &Inputs {
             seeds: &seeds,
             edges: &backward,
+            pinned: &Default::default(),
+            excluded: &Default::default(),
         },
     );
     assert_eq!(first, second);
@@ -311,9 +317,54 @@ fn a_large_graph_is_handled() {
         &Inputs {
             seeds: &seeds,
             edges: &edges,
+            pinned: &Default::default(),
+            excluded: &Default::default(),
         },
     );
     // A random graph of out-degree 10 reaches nearly everything.
     assert!(membership.len() > 19_000, "{}", membership.len());
     assert_eq!(membership.members_of("net").len(), membership.len());
+}
+
+/// Repos pinned to a tag by hand are members, and walked from; excluded repos are in no tag and
+/// never walked through.
+#[test]
+fn pinned_and_excluded_repos() {
+    let document = r#"{
+        "select": [
+            {"where": {"repo": "did:plc:a"}, "tag": "me"},
+            {"where": {"repo": "me", "collection": "app.bsky.graph.follow", "attr": "subject"}, "tag": "followed"},
+            {"where": {"repo": "followed", "collection": "app.bsky.graph.follow", "attr": "subject", "max_depth": 3}, "tag": "followed"}
+        ],
+        "retain": {"me": {"*": "*"}, "followed": {"*": "*"}}
+    }"#;
+    let selector = Selector::from_json(document).unwrap();
+    let graph: Graph<'_> = &[("a", &["b"]), ("b", &["c"]), ("c", &["d"]), ("p", &["q"])];
+    let edges = edges_for(&selector, &[(0, graph)]);
+    let seeds: HashMap<usize, Vec<String>> = [(0, vec![did("a")])].into();
+    let pinned: HashMap<String, Vec<String>> = [("me".to_owned(), vec![did("p")])].into();
+    let excluded: HashSet<String> = [did("c")].into();
+    let membership = evaluate(
+        &selector,
+        &Inputs {
+            seeds: &seeds,
+            edges: &edges,
+            pinned: &pinned,
+            excluded: &excluded,
+        },
+    );
+    let found: Vec<(String, Vec<String>)> = membership
+        .iter()
+        .map(|(did, tags)| (did.to_owned(), tags.to_vec()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (did("a"), vec!["me".to_owned()]),
+            (did("b"), vec!["followed".to_owned()]),
+            (did("p"), vec!["me".to_owned()]),
+            (did("q"), vec!["followed".to_owned()]),
+        ],
+        "p is pinned and its follow q walked; c is excluded, so d is not reached through it"
+    );
 }

@@ -189,7 +189,10 @@ mod tests {
 
     /// Commits an event the way the engine does: into the log, then onto the broadcast.
     fn commit(log: &VecLog, feed: &EventFeed, time_us: i64) {
-        log.0.lock().unwrap_or_else(|p| p.into_inner()).push(event(time_us));
+        log.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event(time_us));
         let _ = feed.live.send(Arc::new(event(time_us)));
     }
 
@@ -259,6 +262,10 @@ mod tests {
         while seen.len() < 19 {
             seen.extend(times(&reader.next(7).await.expect("events")));
         }
-        assert_eq!(seen, (2..=20).collect::<Vec<_>>(), "nothing lost after a lag");
+        assert_eq!(
+            seen,
+            (2..=20).collect::<Vec<_>>(),
+            "nothing lost after a lag"
+        );
     }
 }

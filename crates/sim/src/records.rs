@@ -128,18 +128,7 @@ impl RecordKind {
 }
 
 /// Formats microseconds since the Unix epoch as an atproto datetime (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
-pub fn format_datetime(unix_micros: u64) -> String {
-    let secs = unix_micros / 1_000_000;
-    let millis = (unix_micros / 1000) % 1000;
-    let rem = secs % 86_400;
-    let (year, month, day) = butterfly_syntax::datetime::civil_from_days((secs / 86_400) as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
+pub use butterfly_syntax::datetime::format_micros as format_datetime;
 
 fn object(fields: Vec<(&str, Value)>) -> Value {
     Value::Map(

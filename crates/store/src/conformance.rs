@@ -22,8 +22,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use serde_json::json;
 
 use crate::{
-    Action, BackfillChunk, BacklinkPage, BacklinkQuery, Batch, Change, Edge, Error, Page, Record,
-    EventKind, RecordKey, RepoRow, Store, StreamEvent, Summary, SyncState,
+    Action, BackfillChunk, BacklinkPage, BacklinkQuery, Batch, Change, Edge, Error, EventKind,
+    Page, Record, RecordKey, RepoRow, Store, StreamEvent, Summary, SyncState,
 };
 
 /// Runs every check against stores from `make`, one fresh store per check.
@@ -1244,10 +1244,18 @@ fn event_log<S: Store>(store: &mut S) {
         vec![10, 20, 30, 40],
         "every event, oldest first"
     );
-    assert_eq!(all[0], event(10, EventKind::Commit), "an event reads back whole");
+    assert_eq!(
+        all[0],
+        event(10, EventKind::Commit),
+        "an event reads back whole"
+    );
     assert_eq!(all[2].collection, None);
     let page = must("events_after", store.events_after(20, 1));
-    assert_eq!(page, vec![event(30, EventKind::Account)], "strictly after, limited");
+    assert_eq!(
+        page,
+        vec![event(30, EventKind::Account)],
+        "strictly after, limited"
+    );
     apply(
         store,
         Batch {

@@ -192,6 +192,21 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
+/// Formats microseconds since the Unix epoch as an atproto datetime in UTC with millisecond
+/// precision (`YYYY-MM-DDTHH:MM:SS.mmmZ`), as the reference PDS writes times.
+pub fn format_micros(unix_micros: u64) -> String {
+    let secs = unix_micros / 1_000_000;
+    let millis = (unix_micros / 1000) % 1000;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
 /// The proleptic Gregorian date `days` after 1970-01-01, as (year, month, day): the inverse of
 /// the day count [`Datetime::timestamp_micros`] uses, for code that formats timestamps.
 pub fn civil_from_days(days: i64) -> (i64, i64, i64) {

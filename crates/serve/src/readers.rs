@@ -1,0 +1,98 @@
+//! A pool of read connections to the store.
+//!
+//! The engine's writer owns the store's write connection on its own thread; the server reads
+//! through connections of its own (for DuckDB, [`try_clone`] of the engine's), each used by one
+//! request at a time on a blocking thread, so a slow query never stalls the async runtime.
+//!
+//! [`try_clone`]: https://docs.rs/duckdb/latest/duckdb/struct.Connection.html#method.try_clone
+
+use crate::feed::EventLog;
+use butterfly_store::{Store, StreamEvent};
+use std::sync::{Arc, Condvar, Mutex};
+use tokio::sync::Semaphore;
+
+/// Read connections, shared by all requests.
+#[derive(Clone)]
+pub struct ReadPool {
+    idle: Arc<Idle>,
+    /// Bounds the blocking threads waiting for a connection to one per connection.
+    permits: Arc<Semaphore>,
+}
+
+struct Idle {
+    stores: Mutex<Vec<Box<dyn Store>>>,
+    returned: Condvar,
+}
+
+impl Idle {
+    /// Waits for a free connection, runs `read` on it and gives it back.
+    fn with<T>(&self, read: impl FnOnce(&dyn Store) -> T) -> T {
+        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        let store = loop {
+            match stores.pop() {
+                Some(store) => break store,
+                None => {
+                    stores = self
+                        .returned
+                        .wait(stores)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
+            }
+        };
+        drop(stores);
+        let result = read(store.as_ref());
+        self.stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(store);
+        self.returned.notify_one();
+        result
+    }
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Store(#[from] butterfly_store::Error),
+    #[error("the read task failed: {0}")]
+    Task(String),
+}
+
+impl ReadPool {
+    /// A pool over these connections (there must be at least one).
+    pub fn new(connections: Vec<Box<dyn Store>>) -> ReadPool {
+        let permits = Arc::new(Semaphore::new(connections.len().max(1)));
+        ReadPool {
+            idle: Arc::new(Idle {
+                stores: Mutex::new(connections),
+                returned: Condvar::new(),
+            }),
+            permits,
+        }
+    }
+
+    /// Runs `read` on a free connection, on a blocking thread.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn Store) -> Result<T, butterfly_store::Error> + Send + 'static,
+    ) -> Result<T, ReadError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ReadError::Task("the pool is closed".into()))?;
+        let idle = self.idle.clone();
+        tokio::task::spawn_blocking(move || idle.with(read).map_err(ReadError::from))
+            .await
+            .map_err(|e| ReadError::Task(e.to_string()))?
+    }
+}
+
+impl EventLog for ReadPool {
+    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, String> {
+        self.idle
+            .with(|store| store.events_after(after, limit))
+            .map_err(|e| e.to_string())
+    }
+}

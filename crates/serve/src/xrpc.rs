@@ -1,0 +1,228 @@
+//! XRPC reads over the store, in a PDS's shapes and with its errors, so that atproto clients read
+//! from Butterfly as from a PDS: `com.atproto.repo.{getRecord,listRecords,describeRepo}`,
+//! `com.atproto.sync.listRepos` and `com.atproto.identity.resolveHandle`.
+
+use crate::params::Params;
+use crate::{AppState, XrpcError};
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use butterfly_store::{Page, Record, RepoRow};
+use butterfly_syntax::{AtIdentifier, Did, Handle, Nsid, RecordKey};
+use serde_json::{json, Value};
+
+/// `listRecords` pages: the lexicon's bounds.
+const LIST_RECORDS_DEFAULT: usize = 50;
+const LIST_RECORDS_MAX: usize = 100;
+/// `listRepos` pages.
+const LIST_REPOS_DEFAULT: usize = 500;
+const LIST_REPOS_MAX: usize = 1000;
+
+pub(crate) async fn get_record(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, XrpcError> {
+    let params = Params::parse(query.as_deref())?;
+    let repo = params.required("repo")?;
+    let collection = parse_nsid(params.required("collection")?)?;
+    let rkey = RecordKey::parse(params.required("rkey")?)
+        .map_err(|e| XrpcError::invalid(format!("rkey: {e}")))?;
+    let cid = params.optional("cid").map(str::to_owned);
+    let did = resolve_repo(&state, repo).await?;
+    let (did2, collection2, rkey2) = (
+        did.clone(),
+        collection.as_str().to_owned(),
+        rkey.as_str().to_owned(),
+    );
+    let record = state
+        .readers
+        .read(move |store| store.get_record(&did2, &collection2, &rkey2))
+        .await?;
+    let uri = format!("at://{did}/{collection}/{}", rkey.as_str());
+    match record {
+        Some(record) if cid.as_deref().is_none_or(|cid| cid == record.cid) => {
+            Ok(Json(record_view(&record)?).into_response())
+        }
+        _ => Err(XrpcError::new(
+            "RecordNotFound",
+            format!("Could not locate record: {uri}"),
+        )),
+    }
+}
+
+pub(crate) async fn list_records(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, XrpcError> {
+    let params = Params::parse(query.as_deref())?;
+    let repo = params.required("repo")?;
+    let collection = parse_nsid(params.required("collection")?)?;
+    let limit = params.limit(LIST_RECORDS_DEFAULT, LIST_RECORDS_MAX)?;
+    let reverse = params.boolean("reverse")?;
+    let cursor = params.optional("cursor").map(str::to_owned);
+    let did = resolve_repo(&state, repo).await?;
+    let did2 = did.clone();
+    let collection2 = collection.as_str().to_owned();
+    let records = state
+        .readers
+        .read(move |store| {
+            store.list_records(
+                &did2,
+                &collection2,
+                Page {
+                    cursor: cursor.as_deref(),
+                    limit,
+                    reverse,
+                },
+            )
+        })
+        .await?;
+    let next = (records.len() == limit)
+        .then(|| records.last().map(|r| r.rkey.clone()))
+        .flatten();
+    let views = records
+        .iter()
+        .map(record_view)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut body = json!({ "records": views });
+    if let Some(cursor) = next {
+        body["cursor"] = Value::String(cursor);
+    }
+    Ok(Json(body).into_response())
+}
+
+pub(crate) async fn describe_repo(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, XrpcError> {
+    let params = Params::parse(query.as_deref())?;
+    let repo = params.required("repo")?;
+    let did = resolve_repo(&state, repo).await?;
+    let did2 = did.clone();
+    let (row, keys) = state
+        .readers
+        .read(move |store| Ok((store.repo(&did2)?, store.record_keys(&did2)?)))
+        .await?;
+    let row = row.ok_or_else(|| repo_not_found(repo))?;
+    let mut collections: Vec<String> = keys.into_iter().map(|(c, _, _)| c).collect();
+    collections.dedup();
+    let did_doc = match (&state.directory, Did::parse(&did)) {
+        (Some(directory), Ok(parsed)) => match directory.did_document(&parsed).await {
+            Ok(doc) => serde_json::to_value(doc.as_ref()).unwrap_or(Value::Null),
+            Err(error) => {
+                tracing::debug!(did, %error, "describeRepo: no DID document");
+                Value::Null
+            }
+        },
+        _ => Value::Null,
+    };
+    Ok(Json(json!({
+        "handle": row.handle.clone().unwrap_or_else(|| "handle.invalid".to_owned()),
+        "did": did,
+        "didDoc": did_doc,
+        "collections": collections,
+        "handleIsCorrect": row.handle.is_some(),
+    }))
+    .into_response())
+}
+
+pub(crate) async fn list_repos(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, XrpcError> {
+    let params = Params::parse(query.as_deref())?;
+    let limit = params.limit(LIST_REPOS_DEFAULT, LIST_REPOS_MAX)?;
+    let cursor = params.optional("cursor").map(str::to_owned);
+    let rows = state.readers.read(|store| store.repos()).await?;
+    let mut rows: Vec<RepoRow> = rows
+        .into_iter()
+        .filter(|row| cursor.as_deref().is_none_or(|after| row.did.as_str() > after))
+        .collect();
+    rows.sort_by(|a, b| a.did.cmp(&b.did));
+    rows.truncate(limit);
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.did.clone()))
+        .flatten();
+    let repos: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            let active = row.status == "active";
+            let mut repo = json!({
+                "did": row.did,
+                // The store keeps the MST root of the last commit, not the commit's own CID.
+                "head": row.data_cid.clone().unwrap_or_default(),
+                "rev": row.rev.clone().unwrap_or_default(),
+                "active": active,
+            });
+            if !active {
+                repo["status"] = Value::String(row.status.clone());
+            }
+            repo
+        })
+        .collect();
+    let mut body = json!({ "repos": repos });
+    if let Some(cursor) = next {
+        body["cursor"] = Value::String(cursor);
+    }
+    Ok(Json(body).into_response())
+}
+
+pub(crate) async fn resolve_handle(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, XrpcError> {
+    let params = Params::parse(query.as_deref())?;
+    let handle = Handle::parse(params.required("handle")?)
+        .map_err(|e| XrpcError::invalid(format!("handle: {e}")))?;
+    if let Some(did) = tracked_did_of_handle(&state, handle.as_str()).await? {
+        return Ok(Json(json!({ "did": did })).into_response());
+    }
+    if let Some(directory) = &state.directory {
+        if let Ok(did) = directory.handle_did(&handle).await {
+            return Ok(Json(json!({ "did": did.as_str() })).into_response());
+        }
+    }
+    Err(XrpcError::new(
+        "HandleNotFound",
+        format!("Unable to resolve handle: {}", handle.as_str()),
+    ))
+}
+
+/// The DID a `repo` parameter names: a DID as given, or a tracked repo's verified handle.
+pub(crate) async fn resolve_repo(state: &AppState, repo: &str) -> Result<String, XrpcError> {
+    match AtIdentifier::parse(repo) {
+        Ok(AtIdentifier::Did(did)) => Ok(did.as_str().to_owned()),
+        Ok(AtIdentifier::Handle(handle)) => tracked_did_of_handle(state, handle.as_str())
+            .await?
+            .ok_or_else(|| repo_not_found(repo)),
+        Err(error) => Err(XrpcError::invalid(format!("repo: {error}"))),
+    }
+}
+
+async fn tracked_did_of_handle(state: &AppState, handle: &str) -> Result<Option<String>, XrpcError> {
+    let handle = handle.to_ascii_lowercase();
+    let rows = state.readers.read(|store| store.repos()).await?;
+    Ok(rows
+        .into_iter()
+        .find(|row| row.handle.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(&handle)))
+        .map(|row| row.did))
+}
+
+fn repo_not_found(repo: &str) -> XrpcError {
+    XrpcError::new("RepoNotFound", format!("Could not find repo: {repo}"))
+}
+
+fn parse_nsid(text: &str) -> Result<Nsid, XrpcError> {
+    Nsid::parse(text).map_err(|e| XrpcError::invalid(format!("collection: {e}")))
+}
+
+/// `{uri, cid, value}`, as a PDS returns a record.
+fn record_view(record: &Record) -> Result<Value, XrpcError> {
+    let value: Value = serde_json::from_str(&record.json)
+        .map_err(|e| XrpcError::internal(format!("a stored record is not JSON: {e}")))?;
+    Ok(json!({
+        "uri": format!("at://{}/{}/{}", record.did, record.collection, record.rkey),
+        "cid": record.cid,
+        "value": value,
+    }))
+}
