@@ -43,9 +43,10 @@ pub(crate) async fn require_token(
                 "AuthenticationRequired",
                 "a valid Authorization: Bearer token is required",
             );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             response
         }
     }
@@ -56,7 +57,10 @@ pub(crate) async fn require_token(
 pub(crate) fn same_secret(given: &str, expected: &str) -> bool {
     let a = Sha256::digest(given.as_bytes());
     let b = Sha256::digest(expected.as_bytes());
-    let difference = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    let difference = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(difference) == 0
 }
 
@@ -97,7 +101,9 @@ pub(crate) async fn post_repos(
     let Json(body) = body.map_err(|e| XrpcError::invalid(e.body_text()))?;
     let engine = state.engine()?;
     if body.add.len() + body.remove.len() > MAX_REPOS {
-        return Err(XrpcError::invalid(format!("at most {MAX_REPOS} repos per request")));
+        return Err(XrpcError::invalid(format!(
+            "at most {MAX_REPOS} repos per request"
+        )));
     }
     let mut update = RepoUpdate::default();
     for entry in body.add {
@@ -108,7 +114,11 @@ pub(crate) async fn post_repos(
         let did = did_of(&state, &entry.repo).await?;
         update.remove.push((did, entry.tags));
     }
-    let standing = engine.control.update_repos(update).await.map_err(control_error)?;
+    let standing = engine
+        .control
+        .update_repos(update)
+        .await
+        .map_err(control_error)?;
     Ok(Json(json!({ "repos": standing })).into_response())
 }
 
@@ -138,7 +148,9 @@ pub(crate) async fn post_resync(
     let Json(body) = body.map_err(|e| XrpcError::invalid(e.body_text()))?;
     let engine = state.engine()?;
     if body.repos.len() > MAX_REPOS {
-        return Err(XrpcError::invalid(format!("at most {MAX_REPOS} repos per request")));
+        return Err(XrpcError::invalid(format!(
+            "at most {MAX_REPOS} repos per request"
+        )));
     }
     let mut dids = Vec::new();
     for repo in &body.repos {

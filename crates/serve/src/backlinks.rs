@@ -70,7 +70,9 @@ pub(crate) async fn get_backlinks(
     }
     let dids: Vec<String> = params.all("did").into_iter().map(str::to_owned).collect();
     if dids.len() > MAX_DIDS {
-        return Err(XrpcError::invalid(format!("at most {MAX_DIDS} did filters")));
+        return Err(XrpcError::invalid(format!(
+            "at most {MAX_DIDS} did filters"
+        )));
     }
     let (total, links, next) = state
         .readers

@@ -82,6 +82,8 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// The whole HTTP API.
 pub fn router(config: ServeConfig) -> Router {
+    // The recorder must be in place before anything records (see [`metrics::handle`]).
+    metrics::handle();
     let state = AppState {
         readers: config.readers,
         admin_token: config.admin_token,
@@ -99,8 +101,14 @@ pub fn router(config: ServeConfig) -> Router {
     let timeout = config.request_timeout;
     let mut app = Router::new()
         .route("/xrpc/com.atproto.repo.getRecord", get(xrpc::get_record))
-        .route("/xrpc/com.atproto.repo.listRecords", get(xrpc::list_records))
-        .route("/xrpc/com.atproto.repo.describeRepo", get(xrpc::describe_repo))
+        .route(
+            "/xrpc/com.atproto.repo.listRecords",
+            get(xrpc::list_records),
+        )
+        .route(
+            "/xrpc/com.atproto.repo.describeRepo",
+            get(xrpc::describe_repo),
+        )
         .route("/xrpc/com.atproto.sync.listRepos", get(xrpc::list_repos))
         .route(
             "/xrpc/com.atproto.identity.resolveHandle",
@@ -166,7 +174,10 @@ async fn unknown_method() -> Response {
 }
 
 async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
-    let store = state.readers.read(|store| store.kv_get("live.cursor")).await;
+    let store = state
+        .readers
+        .read(|store| store.kv_get("live.cursor"))
+        .await;
     let mut body = json!({ "status": "ok" });
     if let Some(engine) = &state.engine {
         let snapshot = engine.stats.snapshot();
@@ -241,7 +252,7 @@ impl From<readers::ReadError> for XrpcError {
             }
             other => {
                 tracing::error!(error = %other, "a store read failed");
-                XrpcError::internal("the store could not be read")
+                XrpcError::internal(format!("the store could not be read: {other}"))
             }
         }
     }

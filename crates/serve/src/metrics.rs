@@ -20,7 +20,8 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The process's recorder: installed once, shared by every server in the process.
+/// The process's recorder: installed by the first call, shared by every server in the process.
+/// Call it before starting anything that records (the engine), or its first figures are lost.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
@@ -54,6 +55,7 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
 }
 
 pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
+    let handle = handle();
     if let Some(engine) = &state.engine {
         let stats = &engine.stats;
         let snapshot = stats.snapshot();
@@ -93,7 +95,7 @@ pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
     metrics::gauge!("butterfly_up").set(1.0);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle().render(),
+        handle.render(),
     )
         .into_response()
 }

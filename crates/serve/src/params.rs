@@ -41,8 +41,9 @@ impl Params {
     }
 
     pub(crate) fn required(&self, name: &str) -> Result<&str, XrpcError> {
-        self.optional(name)
-            .ok_or_else(|| XrpcError::invalid(format!("Error: Params must have the property \"{name}\"")))
+        self.optional(name).ok_or_else(|| {
+            XrpcError::invalid(format!("Error: Params must have the property \"{name}\""))
+        })
     }
 
     /// Every value of `name`.

@@ -10,7 +10,8 @@
 //! - Filters: `wantedCollections` applies to commits only (identity and account events always
 //!   pass), `wantedDids` to every kind; an empty list wants everything.
 //! - A cursor replays from the log *inclusively* (events with `time_us >= cursor`), then follows
-//!   the live tail; no cursor, 0 or a cursor in the future means the live tail only.
+//!   the live tail; no cursor, a cursor of 0 or less, or one in the future means the live tail
+//!   only.
 //! - Each event is sent as the JSON the store keeps, byte for byte: a text message, or with
 //!   compression a binary message holding one zstd frame made with Jetstream's dictionary.
 //! - The client may send `{"type":"options_update","payload":{...}}` to replace the filters.
@@ -393,7 +394,7 @@ fn parse_options_update(text: &str, config: &SubscribeConfig) -> Result<Option<F
     let message: ClientMessage =
         serde_json::from_str(text).map_err(|error| format!("invalid message: {error}"))?;
     if message.kind != "options_update" {
-        tracing::warn!(kind = %message.kind, "subscribe: ignoring a client message of unknown type");
+        tracing::debug!(kind = %message.kind, "subscribe: ignoring a client message of unknown type");
         return Ok(None);
     }
     let payload = message
@@ -515,6 +516,8 @@ async fn serve(shared: Arc<Shared>, mut socket: WebSocket, request: Request, slo
         connection.start();
     }
     let end = connection.run(&mut socket).await;
+    // Leave the feed before the closing handshake.
+    drop(connection);
     match &end {
         End::Client => tracing::debug!("subscribe: the client left"),
         End::Error(error) => tracing::warn!(%error, "subscribe: connection closed on an error"),
@@ -538,6 +541,7 @@ async fn serve(shared: Arc<Shared>, mut socket: WebSocket, request: Request, slo
     drop(slot);
 }
 
+/// One open connection's state.
 struct Connection {
     shared: Arc<Shared>,
     filters: Filters,
@@ -611,7 +615,12 @@ impl Connection {
             Some(Ok(Message::Text(text))) => {
                 match parse_options_update(text.as_str(), &self.shared.config) {
                     Ok(Some(filters)) => {
-                        tracing::debug!(?filters, "subscribe: options_update");
+                        tracing::debug!(
+                            collections = ?filters.collections,
+                            dids = filters.dids.len(),
+                            max_message_size = filters.max_message_size,
+                            "subscribe: options_update"
+                        );
                         self.filters = filters;
                         if self.reader.is_none() {
                             self.start();
@@ -623,7 +632,7 @@ impl Connection {
                 }
             }
             Some(Ok(Message::Binary(_))) => {
-                tracing::warn!("subscribe: ignoring a binary message from the client");
+                tracing::debug!("subscribe: ignoring a binary message from the client");
                 None
             }
             // The WebSocket answers pings itself.

@@ -15,6 +15,11 @@
 //! Requests go through [`butterfly_net::HttpClient`], so the address policy applies: public
 //! addresses only unless [`WebhookConfig::allow_private_network`]. Redirects are not followed: a
 //! POST redirected with 301/302/303 turns into a GET, whose 200 would look like a delivery.
+//!
+//! Metrics: `butterfly_webhook_events_delivered_total`, `butterfly_webhook_requests_total{result}`
+//! (`ok`, `http_error`, `network_error`), `butterfly_webhook_delivery_seconds` (each request),
+//! `butterfly_webhook_lag_seconds` (now minus the last delivered `time_us`) and
+//! `butterfly_webhook_gaps_total`.
 
 use crate::feed::{EventFeed, EventLog, EventReader, ReadError};
 use butterfly_net::{HttpClient, HttpConfig};
@@ -173,8 +178,8 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// Checks the URL, builds the client and loads the cursor. Without a saved cursor, delivery
-    /// starts with the events committed after this call.
+    /// Checks the URL, builds the client and loads the cursor (a blocking read). Without a saved
+    /// cursor, delivery starts with the events committed after this call.
     pub fn new(
         config: WebhookConfig,
         feed: EventFeed,

@@ -77,9 +77,8 @@ pub(crate) async fn list_records(
             )
         })
         .await?;
-    let next = (records.len() == limit)
-        .then(|| records.last().map(|r| r.rkey.clone()))
-        .flatten();
+    // As the reference PDS does: the last rkey whenever the page has records.
+    let next = records.last().map(|r| r.rkey.clone());
     let views = records
         .iter()
         .map(record_view)
@@ -136,13 +135,15 @@ pub(crate) async fn list_repos(
     let rows = state.readers.read(|store| store.repos()).await?;
     let mut rows: Vec<RepoRow> = rows
         .into_iter()
-        .filter(|row| cursor.as_deref().is_none_or(|after| row.did.as_str() > after))
+        .filter(|row| {
+            cursor
+                .as_deref()
+                .is_none_or(|after| row.did.as_str() > after)
+        })
         .collect();
     rows.sort_by(|a, b| a.did.cmp(&b.did));
     rows.truncate(limit);
-    let next = (rows.len() == limit)
-        .then(|| rows.last().map(|r| r.did.clone()))
-        .flatten();
+    let next = rows.last().map(|r| r.did.clone());
     let repos: Vec<Value> = rows
         .iter()
         .map(|row| {
@@ -199,12 +200,19 @@ pub(crate) async fn resolve_repo(state: &AppState, repo: &str) -> Result<String,
     }
 }
 
-async fn tracked_did_of_handle(state: &AppState, handle: &str) -> Result<Option<String>, XrpcError> {
+async fn tracked_did_of_handle(
+    state: &AppState,
+    handle: &str,
+) -> Result<Option<String>, XrpcError> {
     let handle = handle.to_ascii_lowercase();
     let rows = state.readers.read(|store| store.repos()).await?;
     Ok(rows
         .into_iter()
-        .find(|row| row.handle.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(&handle)))
+        .find(|row| {
+            row.handle
+                .as_deref()
+                .is_some_and(|h| h.eq_ignore_ascii_case(&handle))
+        })
         .map(|row| row.did))
 }
 

@@ -229,7 +229,8 @@ fn commit(
         });
         body["cid"] = "bafyreidwaivazkwu67xztlmuobx35hs2lnfh3kolmgfmucldvhd3sgzcqi".into();
     }
-    let json = serde_json::json!({"did": did, "time_us": time_us, "kind": "commit", "commit": body});
+    let json =
+        serde_json::json!({"did": did, "time_us": time_us, "kind": "commit", "commit": body});
     StreamEvent {
         time_us,
         did: did.into(),
@@ -260,7 +261,8 @@ fn account(time_us: i64, did: &str, status: Option<&str>) -> StreamEvent {
     if let Some(status) = status {
         body["status"] = status.into();
     }
-    let json = serde_json::json!({"did": did, "time_us": time_us, "kind": "account", "account": body});
+    let json =
+        serde_json::json!({"did": did, "time_us": time_us, "kind": "account", "account": body});
     StreamEvent {
         time_us,
         did: did.into(),
@@ -320,15 +322,24 @@ async fn options_update(client: &mut Client, payload: serde_json::Value) {
         .unwrap();
 }
 
-/// Skips events until the server's close frame: its code and reason.
+/// Skips events until the server's close frame, then completes the closing handshake: the
+/// frame's code and reason.
 async fn close_frame(client: &mut Client) -> (u16, String) {
-    loop {
+    let frame = loop {
         match next(client).await {
-            Message::Close(Some(frame)) => return (frame.code.into(), frame.reason.to_string()),
+            Message::Close(Some(frame)) => break (frame.code.into(), frame.reason.to_string()),
             Message::Close(None) => panic!("a close frame without a code"),
             _ => {}
         }
-    }
+    };
+    // Reading on sends the client's answer; the server then ends the connection.
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(_)) = client.next().await {}
+    });
+    ended
+        .await
+        .expect("the connection ends after the handshake");
+    frame
 }
 
 fn config() -> SubscribeConfig {
@@ -422,13 +433,26 @@ async fn a_cursor_replays_the_log_inclusively_then_follows_the_live_tail() {
     let expected = &expected[100..];
     let times: Vec<i64> = received
         .iter()
-        .map(|text| serde_json::from_str::<serde_json::Value>(text).unwrap()["time_us"].as_i64().unwrap())
+        .map(|text| {
+            serde_json::from_str::<serde_json::Value>(text).unwrap()["time_us"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
-    assert!(times.windows(2).all(|pair| pair[0] < pair[1]), "strictly increasing");
+    assert!(
+        times.windows(2).all(|pair| pair[0] < pair[1]),
+        "strictly increasing"
+    );
     assert_eq!(
         received,
-        expected.iter().map(|event| event.json.clone()).collect::<Vec<_>>()
+        expected
+            .iter()
+            .map(|event| event.json.clone())
+            .collect::<Vec<_>>()
     );
+
+    drop(client);
+    server.wait_for_connections(0).await;
 
     // A zero cursor or one in the future means the live tail.
     let future = now_us() + 60_000_000;
@@ -436,6 +460,8 @@ async fn a_cursor_replays_the_log_inclusively_then_follows_the_live_tail() {
         let mut client = server.connect(&query).await;
         let fresh = server.identity(ALICE, "alice.test");
         assert_eq!(texts(&mut client, 1).await, vec![fresh.json], "{query}");
+        drop(client);
+        server.wait_for_connections(0).await;
     }
 }
 
@@ -507,8 +533,9 @@ async fn a_bad_client_message_closes_the_socket_with_a_policy_code() {
         let (code, text) = close_frame(&mut client).await;
         assert_eq!(code, 1008);
         assert!(text.contains(reason), "{text:?} should say {reason:?}");
+        drop(client);
+        server.wait_for_connections(0).await;
     }
-    server.wait_for_connections(0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,9 +549,17 @@ async fn require_hello_holds_the_stream_until_the_first_options_update() {
         .await
         .unwrap();
     barrier(&mut client).await;
-    assert_eq!(server.live.receiver_count(), 0, "no stream before the hello");
+    assert_eq!(
+        server.live.receiver_count(),
+        0,
+        "no stream before the hello"
+    );
 
-    options_update(&mut client, serde_json::json!({"wantedCollections": [POST]})).await;
+    options_update(
+        &mut client,
+        serde_json::json!({"wantedCollections": [POST]}),
+    )
+    .await;
     server.wait_for_readers(1).await;
     let post = server.commit(ALICE, POST, "2", "create");
     server.commit(ALICE, LIKE, "3", "create");
@@ -546,7 +581,9 @@ async fn require_hello_holds_the_stream_until_the_first_options_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_events_are_zstd_frames_with_jetstreams_dictionary() {
-    use butterfly_stream::jetstream::{self, JetstreamConfig, JetstreamItem, JETSTREAM_ZSTD_DICTIONARY};
+    use butterfly_stream::jetstream::{
+        self, JetstreamConfig, JetstreamItem, JETSTREAM_ZSTD_DICTIONARY,
+    };
 
     let server = Server::start(64, config()).await;
     let mut decompressor =
@@ -597,7 +634,11 @@ async fn compressed_events_are_zstd_frames_with_jetstreams_dictionary() {
     ];
     let mut decoded = Vec::new();
     while decoded.len() < wanted.len() {
-        match tokio::time::timeout(WAIT, items.recv()).await.unwrap().unwrap() {
+        match tokio::time::timeout(WAIT, items.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             JetstreamItem::Event { raw, event } => {
                 let event = event.unwrap();
                 decoded.push((String::from_utf8(raw.to_vec()).unwrap(), event.time_us));
@@ -619,14 +660,28 @@ async fn max_message_size_bytes_drops_larger_events() {
     let server = Server::start(64, config()).await;
     let mut client = server.connect("maxMessageSizeBytes=1000").await;
     let small = server.publish(commit(server.tick(), ALICE, POST, "1", "create", "hi"));
-    server.publish(commit(server.tick(), ALICE, POST, "2", "create", &"x".repeat(2000)));
+    server.publish(commit(
+        server.tick(),
+        ALICE,
+        POST,
+        "2",
+        "create",
+        &"x".repeat(2000),
+    ));
     let also_small = server.identity(ALICE, "alice.test");
     assert_eq!(texts(&mut client, 2).await, jsons(&[&small, &also_small]));
 
     // 0 is no limit, in the query as in an update.
     options_update(&mut client, serde_json::json!({"maxMessageSizeBytes": 0})).await;
     barrier(&mut client).await;
-    let large = server.publish(commit(server.tick(), ALICE, POST, "3", "create", &"x".repeat(2000)));
+    let large = server.publish(commit(
+        server.tick(),
+        ALICE,
+        POST,
+        "3",
+        "create",
+        &"x".repeat(2000),
+    ));
     assert_eq!(texts(&mut client, 1).await, jsons(&[&large]));
 }
 
@@ -640,8 +695,14 @@ async fn bad_parameters_are_refused_with_400_before_the_upgrade() {
     let server = Server::start(64, config).await;
     let cases = [
         ("wantedCollections=feed", "invalid collection"),
-        ("wantedCollections=app.bsky.feed.post*", "invalid collection prefix"),
-        ("wantedCollections=a.b.c&wantedCollections=d.e.f&wantedCollections=g.*", "too many wanted collections"),
+        (
+            "wantedCollections=app.bsky.feed.post*",
+            "invalid collection prefix",
+        ),
+        (
+            "wantedCollections=a.b.c&wantedCollections=d.e.f&wantedCollections=g.*",
+            "too many wanted collections",
+        ),
         ("wantedDids=bob", "invalid DID"),
         (
             "wantedDids=did:web:a.test&wantedDids=did:web:b.test&wantedDids=did:web:c.test",
@@ -697,13 +758,21 @@ async fn a_consumer_that_stops_reading_is_cut_off_after_the_send_timeout() {
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.address).await.unwrap();
     let readers = server.live.receiver_count();
-    let (client, _) = tokio_tungstenite::client_async(server.url(""), MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
+    let (client, _) =
+        tokio_tungstenite::client_async(server.url(""), MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
     server.wait_for_readers(readers + 1).await;
     let text = "x".repeat(64 << 10);
     for n in 0..200 {
-        server.publish(commit(server.tick(), ALICE, POST, &format!("{n}"), "create", &text));
+        server.publish(commit(
+            server.tick(),
+            ALICE,
+            POST,
+            &format!("{n}"),
+            "create",
+            &text,
+        ));
     }
     server.wait_for_connections(0).await;
     assert_eq!(server.live.receiver_count(), 0, "its reader is gone");
@@ -778,9 +847,12 @@ async fn a_client_message_over_10_mb_is_refused() {
 async fn a_log_that_cannot_be_read_closes_with_an_internal_error() {
     let unused = Arc::new(StoreLog(Mutex::new(MemoryStore::new())));
     let server = Server::start_with(64, config(), unused, Arc::new(BrokenLog)).await;
-    let mut client = server.connect("cursor=1").await;
+    let mut client = server.connect_only("cursor=1").await;
     let (code, reason) = close_frame(&mut client).await;
     assert_eq!(code, 1011);
-    assert!(!reason.contains("disk on fire"), "internal details stay in the log");
+    assert!(
+        !reason.contains("disk on fire"),
+        "internal details stay in the log"
+    );
     server.wait_for_connections(0).await;
 }

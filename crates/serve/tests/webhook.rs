@@ -23,7 +23,9 @@ use tokio::time::Instant;
 const PATIENCE: Duration = Duration::from_secs(20);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 // ---- the engine side: a store's log and the broadcast ----
@@ -343,7 +345,11 @@ async fn delivers_everything_in_order_in_bounded_batches() {
     let requests = receiver.requests();
     for request in &requests {
         let times = request.times();
-        assert!(!times.is_empty() && times.len() <= 10, "batch of {}", times.len());
+        assert!(
+            !times.is_empty() && times.len() <= 10,
+            "batch of {}",
+            times.len()
+        );
         assert_eq!(request.first, times[0]);
         assert_eq!(request.last, *times.last().expect("last"));
         assert_eq!(request.content_type, "application/json");
@@ -352,7 +358,11 @@ async fn delivers_everything_in_order_in_bounded_batches() {
             "{{\"events\":[{}]}}",
             times.iter().map(|t| json(*t)).collect::<Vec<_>>().join(",")
         );
-        assert_eq!(request.body, expected.as_bytes(), "events embedded verbatim");
+        assert_eq!(
+            request.body,
+            expected.as_bytes(),
+            "events embedded verbatim"
+        );
     }
     let lasts: Vec<i64> = requests.iter().map(|r| r.last).collect();
     assert_eq!(cursor.saves(), lasts, "one save per delivered batch");
@@ -395,7 +405,11 @@ async fn a_failed_batch_is_retried_identically_until_accepted() {
     let stats = running.stats.clone();
 
     wait_until("two failures", || receiver.requests().len() >= 2).await;
-    assert_eq!(cursor.saves(), Vec::<i64>::new(), "nothing saved before a 2xx");
+    assert_eq!(
+        cursor.saves(),
+        Vec::<i64>::new(),
+        "nothing saved before a 2xx"
+    );
     wait_until("the batch is accepted", || delivered(&stats) >= 5).await;
     assert_eq!(cursor.saves(), [5]);
     engine.commit(6..=8);
@@ -408,7 +422,10 @@ async fn a_failed_batch_is_retried_identically_until_accepted() {
     assert!(statuses[5..].iter().all(|status| *status == 200));
     for retry in &requests[1..5] {
         assert_eq!((retry.first, retry.last), (1, 5));
-        assert_eq!(retry.body, requests[0].body, "the same batch, byte for byte");
+        assert_eq!(
+            retry.body, requests[0].body,
+            "the same batch, byte for byte"
+        );
     }
     assert!(
         requests[4].at - requests[3].at >= Duration::from_millis(950),
@@ -474,7 +491,11 @@ async fn a_restart_continues_after_the_saved_cursor() {
         .iter()
         .flat_map(Request::times)
         .collect();
-    assert_eq!(after, range(saved + 1, 100), "continues right after the cursor");
+    assert_eq!(
+        after,
+        range(saved + 1, 100),
+        "continues right after the cursor"
+    );
     assert_eq!(FileCursor::new(path).load().expect("load"), Some(100));
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .expect("read dir")
@@ -642,6 +663,50 @@ async fn events_dropped_by_retention_are_reported_as_a_gap() {
     running.stop().await;
     assert_eq!(receiver.delivered()[5..], range(8, 10)[..]);
     assert_eq!(stats.gaps.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_taken_for_a_delivery() {
+    // A 302 would turn the POST into a GET, which this receiver would answer with 200.
+    let gets = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = gets.clone();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(|| async {
+                (StatusCode::FOUND, [("location", "/elsewhere")]).into_response()
+            }),
+        )
+        .route(
+            "/elsewhere",
+            axum::routing::any(move || async move {
+                counted.fetch_add(1, Ordering::Relaxed);
+                StatusCode::OK
+            }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = hook_url(listener.local_addr().expect("address"));
+    let _server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let engine = Engine::new(16);
+    engine.commit([1]);
+    let cursor = MemoryCursor::at(0);
+    let webhook = Webhook::new(config(url), engine.feed.clone(), cursor.clone()).expect("webhook");
+    let running = Running::start(webhook);
+    let stats = running.stats.clone();
+    wait_until("a few attempts", || {
+        stats.failed_attempts.load(Ordering::Relaxed) >= 3
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        gets.load(Ordering::Relaxed),
+        0,
+        "the redirect was not followed"
+    );
+    assert_eq!(delivered(&stats), 0);
+    assert_eq!(cursor.saves(), Vec::<i64>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,11 @@
 //! the key compared here; a repo's records by `did` alone, with any further condition kept out
 //! of the scan by a `LIMIT` that no row reaches (a filter cannot move below a `LIMIT`).
 
+// Statements here are prepared afresh for each read, never cached: DuckDB 1.5 (through the
+// duckdb crate) returns corrupt strings from a cached statement run again on one connection while
+// another connection changes the table (`tests/concurrent.rs`), and `butterfly serve` reads on
+// clones while the engine writes.
+
 use butterfly_store::{
     Backlink, BacklinkPage, BacklinkQuery, Edge, Error, EventKind, Page, Record, RepoRow,
     StreamEvent, Summary, SyncState,
@@ -41,7 +46,7 @@ pub(crate) fn events_after(
     limit: usize,
 ) -> Result<Vec<StreamEvent>, Error> {
     let mut statement = conn
-        .prepare_cached(
+        .prepare(
             "SELECT time_us, did, kind, collection, event::VARCHAR FROM events \
              WHERE time_us > ? ORDER BY time_us LIMIT ?",
         )
@@ -75,7 +80,7 @@ pub(crate) fn events_after(
 
 pub(crate) fn kv_get(conn: &Connection, key: &str) -> Result<Option<String>, Error> {
     let mut statement = conn
-        .prepare_cached("SELECT value FROM kv WHERE key = ?")
+        .prepare("SELECT value FROM kv WHERE key = ?")
         .map_err(backend("read kv"))?;
     let mut rows = statement
         .query_map(params![key], |row| row.get::<_, String>(0))
@@ -136,7 +141,7 @@ fn repo_row(columns: RepoColumns) -> Result<RepoRow, Error> {
 
 pub(crate) fn repo(conn: &Connection, did: &str) -> Result<Option<RepoRow>, Error> {
     let mut statement = conn
-        .prepare_cached(&format!("SELECT {REPO_COLUMNS} FROM repos WHERE did = ?"))
+        .prepare(&format!("SELECT {REPO_COLUMNS} FROM repos WHERE did = ?"))
         .map_err(backend("read a repo row"))?;
     let found = statement
         .query_map(params![did], repo_columns)
@@ -147,7 +152,7 @@ pub(crate) fn repo(conn: &Connection, did: &str) -> Result<Option<RepoRow>, Erro
 
 pub(crate) fn repos(conn: &Connection) -> Result<Vec<RepoRow>, Error> {
     let mut statement = conn
-        .prepare_cached(&format!("SELECT {REPO_COLUMNS} FROM repos ORDER BY did"))
+        .prepare(&format!("SELECT {REPO_COLUMNS} FROM repos ORDER BY did"))
         .map_err(backend("read repo rows"))?;
     let rows = statement
         .query_map([], repo_columns)
@@ -158,7 +163,7 @@ pub(crate) fn repos(conn: &Connection) -> Result<Vec<RepoRow>, Error> {
 
 pub(crate) fn edges(conn: &Connection) -> Result<Vec<Edge>, Error> {
     let mut statement = conn
-        .prepare_cached(
+        .prepare(
             "SELECT did, collection, rkey, attr, target FROM edges \
              ORDER BY did, collection, rkey, attr, target",
         )
@@ -182,7 +187,7 @@ pub(crate) fn record_keys(
     did: &str,
 ) -> Result<Vec<(String, String, String)>, Error> {
     let mut statement = conn
-        .prepare_cached(
+        .prepare(
             "SELECT collection, rkey, cid FROM records WHERE did = ? ORDER BY collection, rkey",
         )
         .map_err(backend("read record keys"))?;
@@ -204,7 +209,7 @@ pub(crate) fn newest_rkeys(
         return Ok(Vec::new());
     }
     let mut statement = conn
-        .prepare_cached(&format!(
+        .prepare(&format!(
             "SELECT rkey FROM {} WHERE collection = ? ORDER BY rkey DESC",
             repo_rows("collection, rkey")
         ))
@@ -222,7 +227,7 @@ pub(crate) fn get_record(
     rkey: &str,
 ) -> Result<Option<Record>, Error> {
     let mut statement = conn
-        .prepare_cached(&format!(
+        .prepare(&format!(
             "SELECT {RECORD_COLUMNS} FROM records WHERE rid = ?"
         ))
         .map_err(backend("read a record"))?;
@@ -261,7 +266,7 @@ pub(crate) fn list_records(
         "SELECT {RECORD_COLUMNS} FROM {} WHERE {condition} ORDER BY rkey {order}",
         repo_rows("*")
     );
-    let mut statement = conn.prepare_cached(&sql).map_err(backend("list records"))?;
+    let mut statement = conn.prepare(&sql).map_err(backend("list records"))?;
     match page.cursor {
         Some(cursor) => statement
             .query_map(params![did, collection, cursor], record_from)
@@ -327,9 +332,7 @@ pub(crate) fn backlinks(
         "SELECT rkey, did, collection, path FROM links WHERE {filter} \
          ORDER BY rkey DESC, did, collection, path LIMIT {limit}"
     );
-    let mut statement = conn
-        .prepare_cached(&sql)
-        .map_err(backend("list backlinks"))?;
+    let mut statement = conn.prepare(&sql).map_err(backend("list backlinks"))?;
     let mut links: Vec<Backlink> = statement
         .query_map(params_from_iter(&params), |row| {
             Ok(Backlink {
@@ -358,7 +361,7 @@ pub(crate) fn count_backlinks(
 ) -> Result<u64, Error> {
     let (filter, params) = backlink_filter(target, collection, path);
     let mut statement = conn
-        .prepare_cached(&format!("SELECT count(*) FROM links WHERE {filter}"))
+        .prepare(&format!("SELECT count(*) FROM links WHERE {filter}"))
         .map_err(backend("count backlinks"))?;
     let count: i64 = statement
         .query_row(params_from_iter(&params), |row| row.get(0))
@@ -368,7 +371,7 @@ pub(crate) fn count_backlinks(
 
 /// Names and counts from a `SELECT name, count ... ORDER BY name`.
 fn counts(conn: &Connection, sql: &str) -> Result<Vec<(String, u64)>, Error> {
-    let mut statement = conn.prepare_cached(sql).map_err(backend("summarise"))?;
+    let mut statement = conn.prepare(sql).map_err(backend("summarise"))?;
     statement
         .query_map([], |row| {
             Ok((

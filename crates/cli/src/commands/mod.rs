@@ -7,6 +7,7 @@ mod firehose_json;
 mod network;
 mod plc;
 mod resolve;
+mod serve;
 mod sim;
 mod sync;
 
@@ -45,6 +46,9 @@ enum Command {
     Query(sync::QueryArgs),
     /// Counts per tag, collection and state, and the stream cursor, of a database `sync` wrote.
     Status(sync::StatusArgs),
+    /// Sync and serve an HTTP API over the database (XRPC reads, backlinks, a Jetstream-compatible
+    /// stream, webhooks, admin, metrics); without a selector, serve a database read-only.
+    Serve(serve::ServeArgs),
 }
 
 /// What a command found, beyond success or error: checks that ran and failed exit with code 1.
@@ -76,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Sim(command) => sim::run(command).map(succeeded),
         Command::Sync(args) => sync::run_sync(args).map(succeeded),
         Command::Query(args) => sync::run_query(args).map(succeeded),
+        Command::Serve(args) => serve::run_serve(args).map(succeeded),
         Command::Status(args) => sync::run_status(args).map(succeeded),
     }
 }

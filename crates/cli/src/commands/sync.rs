@@ -28,6 +28,27 @@ pub struct SyncArgs {
     /// (one JSON line per change).
     #[arg(long, value_name = "duckdb:PATH|stdout", env = "BUTTERFLY_STORE")]
     pub store: Option<String>,
+    /// Backfill to the fixpoint and exit, without following a stream.
+    #[arg(long, env = "BUTTERFLY_ONCE", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::FalseyValueParser::new())]
+    pub once: bool,
+    /// No progress on stderr.
+    #[arg(short, long, env = "BUTTERFLY_QUIET", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::FalseyValueParser::new())]
+    pub quiet: bool,
+    /// Log what the engine does (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// A config file with the same settings as these flags (default: ./butterfly.toml if present).
+    #[arg(long, value_name = "FILE", env = "BUTTERFLY_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// How the engine follows the network: shared by `sync` and `serve`.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
     /// Follow this relay or PDS live: an http(s) base URL or a ws(s) subscribeRepos URL.
     #[arg(
         long,
@@ -46,10 +67,6 @@ pub struct SyncArgs {
     /// How strictly commits are checked, live and in backfill.
     #[arg(long, value_enum, default_value = "strict", env = "BUTTERFLY_VERIFY")]
     pub verify: VerifyArg,
-    /// Backfill to the fixpoint and exit, without following a stream.
-    #[arg(long, env = "BUTTERFLY_ONCE", action = clap::ArgAction::SetTrue,
-          value_parser = clap::builder::FalseyValueParser::new())]
-    pub once: bool,
     /// Repos fetched at the same time.
     #[arg(
         long,
@@ -69,18 +86,34 @@ pub struct SyncArgs {
     /// Where getRepo CARs are spooled while read (default: the system temp dir).
     #[arg(long, value_name = "DIR", env = "BUTTERFLY_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
-    /// No progress on stderr.
-    #[arg(short, long, env = "BUTTERFLY_QUIET", action = clap::ArgAction::SetTrue,
-          value_parser = clap::builder::FalseyValueParser::new())]
-    pub quiet: bool,
-    /// Log what the engine does (repeat for more).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-    /// A config file with the same settings as these flags (default: ./butterfly.toml if present).
-    #[arg(long, value_name = "FILE", env = "BUTTERFLY_CONFIG")]
-    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub identity: IdentityArgs,
+}
+
+impl EngineArgs {
+    /// The live source the flags name.
+    pub fn live(&self) -> LiveSource {
+        match (&self.relay, &self.jetstream) {
+            (Some(url), _) => LiveSource::Relay(url.clone()),
+            (None, Some(url)) => LiveSource::Jetstream(url.clone()),
+            (None, None) => LiveSource::None,
+        }
+    }
+
+    /// The engine's configuration from these flags.
+    pub fn config(&self, once: bool) -> EngineConfig {
+        EngineConfig {
+            live: self.live(),
+            verify: self.verify.into(),
+            once,
+            cursor: self.cursor,
+            backfill_concurrency: self.concurrency.max(1),
+            per_host_concurrency: self.per_host.max(1),
+            spool_dir: self.spool_dir.clone(),
+            allow_private_network: self.identity.network.allow_private_network,
+            ..EngineConfig::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -117,6 +150,12 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
     ("allow_private_network", "BUTTERFLY_ALLOW_PRIVATE_NETWORK"),
     ("selector", "BUTTERFLY_SELECTOR"),
     ("db", "BUTTERFLY_DB"),
+    ("listen", "BUTTERFLY_LISTEN"),
+    ("admin_token", "BUTTERFLY_ADMIN_TOKEN"),
+    ("event_log", "BUTTERFLY_EVENT_LOG"),
+    ("webhook", "BUTTERFLY_WEBHOOK"),
+    ("webhook_secret", "BUTTERFLY_WEBHOOK_SECRET"),
+    ("readers", "BUTTERFLY_READERS"),
 ];
 
 /// Reads `butterfly.toml` (the file named by `--config` / `BUTTERFLY_CONFIG`, else `./butterfly.toml`
@@ -191,28 +230,13 @@ pub fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
     let selector = Selector::from_json(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.selector.display()))?;
     let (store, to_stdout) = open_store(args.store.as_deref())?;
-    let live = match (&args.relay, &args.jetstream) {
-        (Some(url), _) => LiveSource::Relay(url.clone()),
-        (None, Some(url)) => LiveSource::Jetstream(url.clone()),
-        (None, None) => LiveSource::None,
-    };
-    if !args.once && live == LiveSource::None {
+    if !args.once && args.engine.live() == LiveSource::None {
         bail!("give --relay URL or --jetstream URL to follow the network live, or --once to backfill and exit");
     }
-    let config = EngineConfig {
-        live,
-        verify: args.verify.into(),
-        once: args.once,
-        cursor: args.cursor,
-        backfill_concurrency: args.concurrency.max(1),
-        per_host_concurrency: args.per_host.max(1),
-        spool_dir: args.spool_dir.clone(),
-        allow_private_network: args.identity.network.allow_private_network,
-        ..EngineConfig::default()
-    };
+    let config = args.engine.config(args.once);
     let runtime = super::network::streaming_runtime()?;
     runtime.block_on(async {
-        let directory = args.identity.directory()?;
+        let directory = args.engine.identity.directory()?;
         let engine = Engine::new(config, selector, store, directory);
         let stats = engine.stats();
         let show = !args.quiet;
@@ -247,7 +271,7 @@ pub fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
     })
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+pub(crate) fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => tracing::Level::ERROR,
         (false, 0) => tracing::Level::WARN,
@@ -262,7 +286,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 /// Progress bars on a terminal; otherwise one status line every 10 seconds.
-async fn show_progress(stats: Arc<Stats>, stdout_is_data: bool) {
+pub(crate) async fn show_progress(stats: Arc<Stats>, stdout_is_data: bool) {
     let terminal = std::io::stderr().is_terminal() && !stdout_is_data;
     let mut last = stats.snapshot();
     let mut last_at = Instant::now();
