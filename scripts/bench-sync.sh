@@ -21,16 +21,7 @@ if [ ! -f "$log" ]; then
   "$bin" sim firehose --repos "$repos" --events "$events" --out "$log" \
     --identities-out "$work/net.json"
 fi
-# The first half of the log: frames are 4-byte big-endian lengths then bytes.
-python3 - "$log" "$work/first-half.log" "$half" <<'PY'
-import sys, struct
-src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with open(src, 'rb') as f, open(dst, 'wb') as out:
-    for _ in range(n):
-        head = f.read(4)
-        (length,) = struct.unpack('>I', head)
-        out.write(head + f.read(length))
-PY
+python3 scripts/first-frames.py "$log" "$work/first-half.log" "$half"
 
 coproc SIM { exec "$bin" sim serve --frames "$work/first-half.log" --identities "$work/net.json"; }
 trap 'kill "$SIM_PID" 2>/dev/null || true' EXIT

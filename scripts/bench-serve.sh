@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Read latency and throughput of `butterfly serve` on a store of about 1,000,000 records while
+# live sync writes into it, measured with wrk (Debian's `wrk` package):
+#   1. a simulated network; `butterfly sync --once` backfills it as it stands at event BACKFILL_AT
+#      (about 1,000,000 records with the defaults);
+#   2. `butterfly serve` on that database follows the rest of the log as its live stream
+#      (`--relay file:`), verifying and writing as fast as it can;
+#   3. meanwhile wrk runs getRecord, then listRecords (limit 50), on random keys sampled from the
+#      store, for DURATION each: p50/p99 latency and requests/s.
+# Everything shares this machine's cores: wrk, the server and the writing engine.
+# Usage: scripts/bench-serve.sh
+#   env: REPOS=10000 EVENTS=1600000 BACKFILL_AT=1300000 DURATION=30s CONNECTIONS=16
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repos="${REPOS:-10000}"
+events="${EVENTS:-1600000}"
+backfill_at="${BACKFILL_AT:-1300000}"
+duration="${DURATION:-30s}"
+connections="${CONNECTIONS:-16}"
+work="${BUTTERFLY_BENCH_DIR:-bench-serve}"
+command -v wrk >/dev/null || { echo "bench-serve: needs wrk (apt-get install wrk)" >&2; exit 2; }
+mkdir -p "$work"
+cargo build --release --locked -p butterfly
+bin="${CARGO_TARGET_DIR:-$PWD/target}/release/butterfly"
+
+log="$work/net-$repos-$events.log"
+if [ ! -f "$log" ]; then
+  echo "== generating $events events over $repos repos"
+  "$bin" sim firehose --repos "$repos" --events "$events" --out "$log" \
+    --identities-out "$work/net.json"
+fi
+python3 scripts/first-frames.py "$log" "$work/first.log" "$backfill_at"
+
+coproc SIM { exec "$bin" sim serve --frames "$work/first.log" --identities "$work/net.json"; }
+pids="$SIM_PID"
+trap 'kill $pids 2>/dev/null || true' EXIT
+read -r ready <&"${SIM[0]}"
+url=$(printf '%s' "$ready" | sed -E 's/.*"url":"([^"]+)".*/\1/')
+printf '{"select":[{"where":{"service":"%s","method":"com.atproto.sync.listRepos","attr":"repos.*.did","pagination":{"param":"cursor","attr":"cursor"}},"tag":"all"}]}' "$url" \
+  > "$work/all.json"
+db="$work/serve.duckdb"
+if [ ! -f "$db" ]; then
+  echo "== backfill: sync --once from the simulator at event $backfill_at"
+  "$bin" sync "$work/all.json" --once -q --store "duckdb:$db" --relay "$url" --plc "$url" \
+    --handle-resolver "$url" --allow-private-network --concurrency 16 --per-host 16
+  cp "$db" "$db.backfilled"
+else
+  cp "$db.backfilled" "$db"
+  rm -f "$db.wal"
+fi
+"$bin" query --db "$db" "SELECT count(*) AS records, count(DISTINCT did) AS repos FROM records"
+
+# Random keys, as wrk scripts.
+"$bin" query --db "$db" --json \
+  "SELECT did, collection, rkey FROM records USING SAMPLE 20000 ROWS" > "$work/keys.json"
+python3 - "$work" <<'PY'
+import json, sys, urllib.parse
+work = sys.argv[1]
+rows = [json.loads(line) for line in open(f"{work}/keys.json") if line.strip()]
+def lua(name, paths):
+    with open(f"{work}/{name}.lua", "w") as out:
+        out.write("local paths = {\n")
+        for p in paths:
+            out.write("  %s,\n" % json.dumps(p))
+        out.write("}\nrequest = function()\n  return wrk.format('GET', paths[math.random(#paths)])\nend\n")
+keys = [(r["did"], r["collection"], r["rkey"]) for r in rows]
+lua("get", ["/xrpc/com.atproto.repo.getRecord?repo=%s&collection=%s&rkey=%s" % k for k in keys])
+lua("list", sorted({"/xrpc/com.atproto.repo.listRecords?repo=%s&collection=%s&limit=50" % k[:2] for k in keys}))
+PY
+
+echo "== serve: following events $((backfill_at + 1))..$events live while wrk runs"
+coproc SERVE { exec "$bin" serve "$work/all.json" --db "$db" --listen 127.0.0.1:0 -q \
+  --relay "file:$log" --cursor "$backfill_at" --plc "$url" --handle-resolver "$url" \
+  --allow-private-network --event-log 0; }
+pids="$pids $SERVE_PID"
+read -r listening <&"${SERVE[0]}"
+base=$(printf '%s' "$listening" | sed -E 's/.*"listening":"([^"]+)".*/\1/')
+sleep 5
+before=$(curl -s "$base/metrics" | awk '/^butterfly_live_changes_total /{print $2}')
+for name in get list; do
+  echo "== $name: wrk -c$connections -d$duration"
+  wrk -t2 -c"$connections" -d"$duration" --latency -s "$work/$name.lua" "$base"
+done
+after=$(curl -s "$base/metrics" | awk '/^butterfly_live_changes_total /{print $2}')
+echo "== live changes written during the load: $((${after%.*} - ${before%.*}))"
+curl -s "$base/health"; echo
