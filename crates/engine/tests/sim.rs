@@ -94,6 +94,8 @@ async fn backfill_then_live_equals_ground_truth() {
             live: LiveSource::Relay(sim.url().to_owned()),
             allow_private_network: true,
             backfill_concurrency: 4,
+            event_log: Some(Duration::from_secs(3600)),
+            event_buffer: 100_000,
             ..EngineConfig::default()
         },
         selector,
@@ -101,6 +103,15 @@ async fn backfill_then_live_equals_ground_truth() {
         directory(sim.plc_url()),
     );
     let stats = engine.stats();
+    // The served stream, as a subscriber sees it.
+    let mut events = engine.events().subscribe();
+    let published = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(event) = events.recv().await {
+            seen.push(event);
+        }
+        seen
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(engine.run(async {
         let _ = stop_rx.await;
@@ -152,6 +163,41 @@ async fn backfill_then_live_equals_ground_truth() {
     let s = stats.snapshot();
     assert_eq!(s.rejected, 0, "{s:?}");
     assert!(s.live_changes > 0, "{s:?}");
+
+    // The stream: what was published is exactly the store's event log, in strictly increasing
+    // time, one commit event per live change kept.
+    let logged = store.events_after(0, usize::MAX).expect("event log");
+    let published: Vec<butterfly_store::StreamEvent> = published
+        .await
+        .expect("join")
+        .into_iter()
+        .map(|e| (*e).clone())
+        .collect();
+    assert_eq!(published.len(), logged.len());
+    assert!(published == logged, "the broadcast and the log differ");
+    assert!(logged.windows(2).all(|w| w[0].time_us < w[1].time_us));
+    let commits = logged
+        .iter()
+        .filter(|e| e.kind == butterfly_store::EventKind::Commit)
+        .count() as u64;
+    assert!(
+        commits > 0 && commits <= s.live_changes,
+        "{commits} commit events, {s:?}"
+    );
+    for event in &logged {
+        let json: serde_json::Value = serde_json::from_str(&event.json).expect("event JSON");
+        assert_eq!(json["did"], event.did.as_str());
+        assert_eq!(json["time_us"], event.time_us);
+        assert_eq!(json["kind"], event.kind.as_str());
+        if event.kind == butterfly_store::EventKind::Commit {
+            let op = json["commit"]["operation"].as_str().expect("operation");
+            assert_eq!(
+                json["commit"]["collection"],
+                event.collection.as_deref().expect("collection")
+            );
+            assert_eq!(op == "delete", json["commit"]["record"].is_null(), "{json}");
+        }
+    }
 }
 
 /// A `Write` whose bytes can be read after the store that owns it is gone.
