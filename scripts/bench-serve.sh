@@ -5,8 +5,9 @@
 #      (about 1,000,000 records with the defaults);
 #   2. `butterfly serve` on that database follows the rest of the log as its live stream
 #      (`--relay file:`), verifying and writing as fast as it can;
-#   3. meanwhile wrk runs getRecord, then listRecords (limit 50), on random keys sampled from the
-#      store, for DURATION each: p50/p99 latency and requests/s.
+#   3. meanwhile wrk runs getRecord, then listRecords (limit 50), then getBacklinks (limit 16), on
+#      random keys and link targets sampled from the store, for DURATION each: p50/p99 latency and
+#      requests/s.
 # Everything shares this machine's cores: wrk, the server and the writing engine.
 # Usage: scripts/bench-serve.sh
 #   env: REPOS=10000 EVENTS=1600000 BACKFILL_AT=1300000 DURATION=30s CONNECTIONS=16
@@ -53,6 +54,8 @@ fi
 # Random keys, as wrk scripts.
 "$bin" query --db "$db" --json \
   "SELECT did, collection, rkey FROM records USING SAMPLE 20000 ROWS" > "$work/keys.json"
+"$bin" query --db "$db" --json \
+  "SELECT target, collection, path FROM links USING SAMPLE 5000 ROWS" > "$work/targets.json"
 python3 - "$work" <<'PY'
 import json, sys, urllib.parse
 work = sys.argv[1]
@@ -66,6 +69,13 @@ def lua(name, paths):
 keys = [(r["did"], r["collection"], r["rkey"]) for r in rows]
 lua("get", ["/xrpc/com.atproto.repo.getRecord?repo=%s&collection=%s&rkey=%s" % k for k in keys])
 lua("list", sorted({"/xrpc/com.atproto.repo.listRecords?repo=%s&collection=%s&limit=50" % k[:2] for k in keys}))
+quote = lambda text: urllib.parse.quote(text, safe="")
+targets = [json.loads(line) for line in open(f"{work}/targets.json") if line.strip()]
+lua("backlinks", [
+    "/xrpc/blue.microcosm.links.getBacklinks?subject=%s&source=%s" % (
+        quote(t["target"]), quote("%s:%s" % (t["collection"], t["path"].lstrip("."))))
+    for t in targets
+])
 PY
 
 echo "== serve: following events $((backfill_at + 1))..$events live while wrk runs"
@@ -77,7 +87,7 @@ read -r listening <&"${SERVE[0]}"
 base=$(printf '%s' "$listening" | sed -E 's/.*"listening":"([^"]+)".*/\1/')
 sleep 5
 before=$(curl -s "$base/metrics" | awk '/^butterfly_live_changes_total /{print $2}')
-for name in get list; do
+for name in get list backlinks; do
   echo "== $name: wrk -c$connections -d$duration"
   wrk -t2 -c"$connections" -d"$duration" --latency -s "$work/$name.lua" "$base"
 done

@@ -89,6 +89,43 @@ fn local_stream() -> butterfly_stream::jetstream::JetstreamConfig {
     config
 }
 
+/// A webhook receiver on loopback: every body POSTed, answered 200.
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<Json>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if tx.send(serde_json::from_slice(&body).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
 fn start_serve(dir: &std::path::Path, args: &[&str]) -> (Running, Api) {
     let server = Running::start(dir, args);
     let line = server.next();
@@ -117,9 +154,12 @@ fn serve_against_the_reference_pds() {
         &network.pds,
         "--allow-private-network",
     ];
+    let (hook, hooked) = webhook_receiver();
     let mut args = vec![
         "serve",
         "selector.json",
+        "--webhook",
+        &hook,
         "--db",
         db,
         "--listen",
@@ -330,6 +370,21 @@ fn serve_against_the_reference_pds() {
     assert_eq!(event["commit"]["cid"], json!(created.cid));
     let first_time_us = event["time_us"].as_i64().unwrap();
     connection.shutdown();
+    // The webhook got the same event, byte for byte the same JSON.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let delivered = loop {
+        let batch = hooked
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a webhook delivery within 10 s");
+        let events = batch["events"].as_array().unwrap().clone();
+        if let Some(found) = events
+            .into_iter()
+            .find(|e| e["time_us"] == json!(first_time_us))
+        {
+            break found;
+        }
+    };
+    assert_eq!(delivered, event);
 
     // Admin: refused without the right token.
     let add_carol = json!({"add": [{"repo": "carol.test", "tags": ["watch"]}]}).to_string();
