@@ -386,6 +386,56 @@ fn serve_against_the_reference_pds() {
     };
     assert_eq!(delivered, event);
 
+    // A second Butterfly follows the first's /subscribe as its Jetstream source (trusted mode):
+    // a post written to the PDS reaches it through both.
+    std::fs::write(
+        dir.path().join("alice.json"),
+        json!({"select": [{"where": {"repo": "at://alice.test"}, "tag": "me"}], "retain": {"me": {"*": "*"}}})
+            .to_string(),
+    )
+    .unwrap();
+    let downstream_db = dir.path().join("downstream.duckdb");
+    let jetstream = format!("ws://{}/subscribe", api.addr);
+    let mut downstream_args = vec![
+        "serve",
+        "alice.json",
+        "--db",
+        downstream_db.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--jetstream",
+        &jetstream,
+        "-q",
+    ];
+    downstream_args.extend_from_slice(&identity);
+    let (downstream, downstream_api) = start_serve(dir.path(), &downstream_args);
+    downstream_api.within(
+        Duration::from_secs(20),
+        "alice backfilled downstream",
+        |api| api.repos().contains(&alice),
+    );
+    let relayed = runtime.block_on(async {
+        agent
+            .repo()
+            .create_record(&CreateRecord::new(
+                &alice,
+                "app.bsky.feed.post",
+                json!({"$type": "app.bsky.feed.post", "text": "relayed", "createdAt": "2026-11-21T12:00:01.000Z"}),
+            ))
+            .await
+            .unwrap()
+    });
+    let relayed_path = format!(
+        "/xrpc/com.atproto.repo.getRecord?repo={alice}&collection=app.bsky.feed.post&rkey={}",
+        relayed.rkey().unwrap()
+    );
+    downstream_api.within(
+        Duration::from_secs(5),
+        "the post through two Butterflies",
+        |api| api.get(&relayed_path).1["value"]["text"] == "relayed",
+    );
+    drop(downstream);
+
     // Admin: refused without the right token.
     let add_carol = json!({"add": [{"repo": "carol.test", "tags": ["watch"]}]}).to_string();
     assert_eq!(api.admin("POST", "/admin/repos", None, &add_carol).0, 401);
