@@ -41,7 +41,7 @@ pub(crate) async fn get_record(
     let uri = format!("at://{did}/{collection}/{}", rkey.as_str());
     match record {
         Some(record) if cid.as_deref().is_none_or(|cid| cid == record.cid) => {
-            Ok(Json(record_view(&record)?).into_response())
+            Ok(json_response(record_view(&record)))
         }
         _ => Err(XrpcError::new(
             "RecordNotFound",
@@ -79,15 +79,21 @@ pub(crate) async fn list_records(
         .await?;
     // As the reference PDS does: the last rkey whenever the page has records.
     let next = records.last().map(|r| r.rkey.clone());
-    let views = records
-        .iter()
-        .map(record_view)
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut body = json!({ "records": views });
-    if let Some(cursor) = next {
-        body["cursor"] = Value::String(cursor);
+    let mut body = String::with_capacity(records.iter().map(|r| r.json.len() + 160).sum());
+    body.push_str("{\"records\":[");
+    for (i, record) in records.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&record_view(record));
     }
-    Ok(Json(body).into_response())
+    body.push(']');
+    if let Some(cursor) = next {
+        body.push_str(",\"cursor\":");
+        body.push_str(&quote(&cursor));
+    }
+    body.push('}');
+    Ok(json_response(body))
 }
 
 pub(crate) async fn describe_repo(
@@ -224,13 +230,27 @@ fn parse_nsid(text: &str) -> Result<Nsid, XrpcError> {
     Nsid::parse(text).map_err(|e| XrpcError::invalid(format!("collection: {e}")))
 }
 
-/// `{uri, cid, value}`, as a PDS returns a record.
-fn record_view(record: &Record) -> Result<Value, XrpcError> {
-    let value: Value = serde_json::from_str(&record.json)
-        .map_err(|e| XrpcError::internal(format!("a stored record is not JSON: {e}")))?;
-    Ok(json!({
-        "uri": format!("at://{}/{}/{}", record.did, record.collection, record.rkey),
-        "cid": record.cid,
-        "value": value,
-    }))
+/// `{uri, cid, value}`, as a PDS returns a record. The value is the stored JSON text as it is:
+/// the store only holds JSON it made from the record's DAG-CBOR, so it is not parsed again.
+fn record_view(record: &Record) -> String {
+    let uri = format!("at://{}/{}/{}", record.did, record.collection, record.rkey);
+    format!(
+        "{{\"uri\":{},\"cid\":{},\"value\":{}}}",
+        quote(&uri),
+        quote(&record.cid),
+        record.json
+    )
+}
+
+/// A JSON string literal.
+fn quote(text: &str) -> String {
+    Value::String(text.to_owned()).to_string()
+}
+
+fn json_response(body: String) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }

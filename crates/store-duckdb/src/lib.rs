@@ -145,6 +145,16 @@ impl DuckDbStore {
         self.path.as_deref()
     }
 
+    /// Indexes `links` by target, so that backlink queries look up instead of scanning. Not part
+    /// of the schema because every backfilled record pays for it (a few links each) and only
+    /// `butterfly serve` asks for backlinks; building it over millions of links takes a while,
+    /// once. Kept up to date by every later write.
+    pub fn ensure_backlink_index(&self) -> Result<(), Error> {
+        self.conn
+            .execute_batch("CREATE INDEX IF NOT EXISTS links_target ON links (target)")
+            .map_err(backend("index links by target"))
+    }
+
     /// Runs one SQL statement (or several, separated by `;`: the last one's rows are returned)
     /// and collects its result. See [`QueryResult`] for how values are converted.
     pub fn run_sql(&self, sql: &str) -> Result<QueryResult, Error> {

@@ -279,12 +279,17 @@ pub(crate) fn list_records(
 }
 
 /// The `WHERE` clause and parameters shared by `backlinks` and `count_backlinks`.
-fn backlink_filter<'a>(
+/// The links to `target` (optionally of one collection and path) as a subquery, and its
+/// parameters. The target is the scan's only filter, so the `links_target` index answers it when
+/// present (see [`crate::DuckDbStore::ensure_backlink_index`]); the rest is applied above a
+/// `LIMIT` no row reaches, which the optimiser cannot push a filter below.
+fn backlink_source<'a>(
     target: &'a str,
     collection: Option<&'a str>,
     path: Option<&'a str>,
 ) -> (String, Vec<String>) {
-    let mut sql = "target = ?".to_owned();
+    let mut sql =
+        "(SELECT * FROM links WHERE target = ? LIMIT 9223372036854775807) WHERE true".to_owned();
     let mut params = vec![target.to_owned()];
     if let Some(collection) = collection {
         sql.push_str(" AND collection = ?");
@@ -304,7 +309,7 @@ pub(crate) fn backlinks(
     if query.limit == 0 {
         return Ok(BacklinkPage::default());
     }
-    let (mut filter, mut params) = backlink_filter(query.target, query.collection, query.path);
+    let (mut filter, mut params) = backlink_source(query.target, query.collection, query.path);
     if let Some(cursor) = query.cursor {
         // The cursor is the last link of the previous page.
         let Backlink {
@@ -329,7 +334,7 @@ pub(crate) fn backlinks(
     }
     let limit = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
     let sql = format!(
-        "SELECT rkey, did, collection, path FROM links WHERE {filter} \
+        "SELECT rkey, did, collection, path FROM {filter} \
          ORDER BY rkey DESC, did, collection, path LIMIT {limit}"
     );
     let mut statement = conn.prepare(&sql).map_err(backend("list backlinks"))?;
@@ -359,9 +364,9 @@ pub(crate) fn count_backlinks(
     collection: Option<&str>,
     path: Option<&str>,
 ) -> Result<u64, Error> {
-    let (filter, params) = backlink_filter(target, collection, path);
+    let (filter, params) = backlink_source(target, collection, path);
     let mut statement = conn
-        .prepare(&format!("SELECT count(*) FROM links WHERE {filter}"))
+        .prepare(&format!("SELECT count(*) FROM {filter}"))
         .map_err(backend("count backlinks"))?;
     let count: i64 = statement
         .query_row(params_from_iter(&params), |row| row.get(0))

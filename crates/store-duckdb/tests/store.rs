@@ -101,6 +101,15 @@ fn conformance_in_memory() {
 }
 
 #[test]
+fn conformance_with_the_backlink_index() {
+    butterfly_store::conformance::check_store(|| {
+        let store = DuckDbStore::open_in_memory().expect("an in-memory store opens");
+        store.ensure_backlink_index().expect("the index builds");
+        store
+    });
+}
+
+#[test]
 fn conformance_in_a_file() {
     let dir = temp_dir();
     let n = AtomicUsize::new(0);

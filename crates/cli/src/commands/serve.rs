@@ -118,6 +118,14 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         if selector.is_some() {
             let store = DuckDbStore::open(&args.db)
                 .with_context(|| format!("opening the database {}", args.db.display()))?;
+            let started = std::time::Instant::now();
+            store.ensure_backlink_index()?;
+            if started.elapsed() > Duration::from_secs(1) {
+                tracing::info!(
+                    seconds = started.elapsed().as_secs_f64(),
+                    "indexed links by target for backlinks"
+                );
+            }
             let mut connections: Vec<Box<dyn Store>> = Vec::new();
             for _ in 0..readers {
                 connections.push(Box::new(store.try_clone()?));
