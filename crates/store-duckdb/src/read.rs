@@ -278,18 +278,20 @@ pub(crate) fn list_records(
     .map_err(backend("list records"))
 }
 
-/// The `WHERE` clause and parameters shared by `backlinks` and `count_backlinks`.
-/// The links to `target` (optionally of one collection and path) as a subquery, and its
-/// parameters. The target is the scan's only filter, so the `links_target` index answers it when
-/// present (see [`crate::DuckDbStore::ensure_backlink_index`]); the rest is applied above a
-/// `LIMIT` no row reaches, which the optimiser cannot push a filter below.
+/// A query over the links to `target` (optionally of one collection and path): a `WITH` that
+/// takes them by target alone, then the rest as a filter on `matched`. The target is the scan's
+/// only filter, so the `links_target` index answers it when present (see
+/// [`crate::DuckDbStore::ensure_backlink_index`]); `MATERIALIZED` keeps the optimiser from
+/// merging the other conditions, or the sort, into that scan, which would turn the lookup back
+/// into a full scan (measured: 2 ms against 20-40 ms on a million links).
 fn backlink_source<'a>(
     target: &'a str,
     collection: Option<&'a str>,
     path: Option<&'a str>,
 ) -> (String, Vec<String>) {
-    let mut sql =
-        "(SELECT * FROM links WHERE target = ? LIMIT 9223372036854775807) WHERE true".to_owned();
+    let mut sql = "WITH matched AS MATERIALIZED (SELECT rkey, did, collection, path FROM links \
+                   WHERE target = ?) SELECT {columns} FROM matched WHERE true"
+        .to_owned();
     let mut params = vec![target.to_owned()];
     if let Some(collection) = collection {
         sql.push_str(" AND collection = ?");
@@ -334,8 +336,8 @@ pub(crate) fn backlinks(
     }
     let limit = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
     let sql = format!(
-        "SELECT rkey, did, collection, path FROM {filter} \
-         ORDER BY rkey DESC, did, collection, path LIMIT {limit}"
+        "{} ORDER BY rkey DESC, did, collection, path LIMIT {limit}",
+        filter.replace("{columns}", "rkey, did, collection, path")
     );
     let mut statement = conn.prepare(&sql).map_err(backend("list backlinks"))?;
     let mut links: Vec<Backlink> = statement
@@ -366,7 +368,7 @@ pub(crate) fn count_backlinks(
 ) -> Result<u64, Error> {
     let (filter, params) = backlink_source(target, collection, path);
     let mut statement = conn
-        .prepare(&format!("SELECT count(*) FROM {filter}"))
+        .prepare(&filter.replace("{columns}", "count(*)"))
         .map_err(backend("count backlinks"))?;
     let count: i64 = statement
         .query_row(params_from_iter(&params), |row| row.get(0))
