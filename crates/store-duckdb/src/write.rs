@@ -320,9 +320,10 @@ fn lay_out(
         if !write {
             continue;
         }
-        records.push(source);
+        let rid = record_id(source.did, source.collection, source.rkey);
+        records.push(source, rid);
         for link in &found {
-            links.push(source, link);
+            links.push(source, link, rid);
         }
         if records.len >= ROWS_PER_BATCH && !emit(records.finish().map(Rows::Records)) {
             return;
@@ -360,7 +361,8 @@ impl Default for RecordColumns {
 }
 
 impl RecordColumns {
-    fn push(&mut self, row: &Source<'_>) {
+    /// Appends a record; `rid` is its [`record_id`], worked out once for it and its links.
+    fn push(&mut self, row: &Source<'_>, rid: i64) {
         let [did, collection, rkey, cid, rev, record] = &mut self.text;
         did.append_value(row.did);
         collection.append_value(row.collection);
@@ -369,8 +371,7 @@ impl RecordColumns {
         rev.append_value(row.rev);
         record.append_value(row.json);
         self.indexed_at.append_value(row.indexed_at);
-        self.rid
-            .append_value(record_id(row.did, row.collection, row.rkey));
+        self.rid.append_value(rid);
         self.len += 1;
     }
 
@@ -422,15 +423,14 @@ impl Default for LinkColumns {
 }
 
 impl LinkColumns {
-    fn push(&mut self, row: &Source<'_>, link: &Link) {
+    fn push(&mut self, row: &Source<'_>, link: &Link, rid: i64) {
         let [target, did, collection, rkey, path] = &mut self.text;
         target.append_value(&link.target);
         did.append_value(row.did);
         collection.append_value(row.collection);
         rkey.append_value(row.rkey);
         path.append_value(&link.path);
-        self.rid
-            .append_value(record_id(row.did, row.collection, row.rkey));
+        self.rid.append_value(rid);
         self.len += 1;
     }
 
@@ -503,9 +503,10 @@ fn write_records(
         let mut link_columns = LinkColumns::default();
         for (victim, victim_links) in &victims {
             let source = Source::from(victim);
-            record_columns.push(&source);
+            let rid = record_id(source.did, source.collection, source.rkey);
+            record_columns.push(&source, rid);
             for link in victim_links {
-                link_columns.push(&source, link);
+                link_columns.push(&source, link, rid);
             }
         }
         records
