@@ -7,7 +7,7 @@ use crate::{AppState, XrpcError};
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use butterfly_store::{Page, Record, RepoRow};
+use butterfly_store::{Page, Record};
 use butterfly_syntax::{AtIdentifier, Did, Handle, Nsid, RecordKey};
 use serde_json::{json, Value};
 
@@ -104,13 +104,11 @@ pub(crate) async fn describe_repo(
     let repo = params.required("repo")?;
     let did = resolve_repo(&state, repo).await?;
     let did2 = did.clone();
-    let (row, keys) = state
+    let (row, collections) = state
         .readers
-        .read(move |store| Ok((store.repo(&did2)?, store.record_keys(&did2)?)))
+        .read(move |store| Ok((store.repo(&did2)?, store.collections(&did2)?)))
         .await?;
     let row = row.ok_or_else(|| repo_not_found(repo))?;
-    let mut collections: Vec<String> = keys.into_iter().map(|(c, _, _)| c).collect();
-    collections.dedup();
     let did_doc = match (&state.directory, Did::parse(&did)) {
         (Some(directory), Ok(parsed)) => match directory.did_document(&parsed).await {
             Ok(doc) => serde_json::to_value(doc.as_ref()).unwrap_or(Value::Null),
@@ -138,17 +136,10 @@ pub(crate) async fn list_repos(
     let params = Params::parse(query.as_deref())?;
     let limit = params.limit(LIST_REPOS_DEFAULT, LIST_REPOS_MAX)?;
     let cursor = params.optional("cursor").map(str::to_owned);
-    let rows = state.readers.read(|store| store.repos()).await?;
-    let mut rows: Vec<RepoRow> = rows
-        .into_iter()
-        .filter(|row| {
-            cursor
-                .as_deref()
-                .is_none_or(|after| row.did.as_str() > after)
-        })
-        .collect();
-    rows.sort_by(|a, b| a.did.cmp(&b.did));
-    rows.truncate(limit);
+    let rows = state
+        .readers
+        .read(move |store| store.repos_page(cursor.as_deref(), limit))
+        .await?;
     let next = rows.last().map(|r| r.did.clone());
     let repos: Vec<Value> = rows
         .iter()
@@ -210,16 +201,12 @@ async fn tracked_did_of_handle(
     state: &AppState,
     handle: &str,
 ) -> Result<Option<String>, XrpcError> {
-    let handle = handle.to_ascii_lowercase();
-    let rows = state.readers.read(|store| store.repos()).await?;
-    Ok(rows
-        .into_iter()
-        .find(|row| {
-            row.handle
-                .as_deref()
-                .is_some_and(|h| h.eq_ignore_ascii_case(&handle))
-        })
-        .map(|row| row.did))
+    let handle = handle.to_owned();
+    let row = state
+        .readers
+        .read(move |store| store.repo_by_handle(&handle))
+        .await?;
+    Ok(row.map(|row| row.did))
 }
 
 fn repo_not_found(repo: &str) -> XrpcError {

@@ -200,6 +200,18 @@ impl Store for DuckDbStore {
         read::repos(&self.conn)
     }
 
+    fn repos_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoRow>, Error> {
+        read::repos_page(&self.conn, after, limit)
+    }
+
+    fn repo_by_handle(&self, handle: &str) -> Result<Option<RepoRow>, Error> {
+        read::repo_by_handle(&self.conn, handle)
+    }
+
+    fn collections(&self, did: &str) -> Result<Vec<String>, Error> {
+        read::collections(&self.conn, did)
+    }
+
     fn edges(&self) -> Result<Vec<Edge>, Error> {
         read::edges(&self.conn)
     }

@@ -150,6 +150,47 @@ pub(crate) fn repo(conn: &Connection, did: &str) -> Result<Option<RepoRow>, Erro
     found.map(repo_row).transpose()
 }
 
+pub(crate) fn repos_page(
+    conn: &Connection,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<RepoRow>, Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut statement = conn
+        .prepare(&format!(
+            "SELECT {REPO_COLUMNS} FROM repos WHERE did > ? ORDER BY did LIMIT ?"
+        ))
+        .map_err(backend("read a page of repo rows"))?;
+    let rows = statement
+        .query_map(params![after.unwrap_or(""), limit], repo_columns)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(backend("read a page of repo rows"))?;
+    rows.into_iter().map(repo_row).collect()
+}
+
+pub(crate) fn repo_by_handle(conn: &Connection, handle: &str) -> Result<Option<RepoRow>, Error> {
+    let mut statement = conn
+        .prepare(&format!(
+            "SELECT {REPO_COLUMNS} FROM repos WHERE lower(handle) = lower(?) ORDER BY did LIMIT 1"
+        ))
+        .map_err(backend("find a repo by handle"))?;
+    let found = statement
+        .query_map(params![handle], repo_columns)
+        .and_then(|mut rows| rows.next().transpose())
+        .map_err(backend("find a repo by handle"))?;
+    found.map(repo_row).transpose()
+}
+
+pub(crate) fn collections(conn: &Connection, did: &str) -> Result<Vec<String>, Error> {
+    let mut statement = conn
+        .prepare("SELECT DISTINCT collection FROM records WHERE did = ? ORDER BY collection")
+        .map_err(backend("list a repo's collections"))?;
+    statement
+        .query_map(params![did], |row| row.get(0))
+        .and_then(Iterator::collect)
+        .map_err(backend("list a repo's collections"))
+}
+
 pub(crate) fn repos(conn: &Connection) -> Result<Vec<RepoRow>, Error> {
     let mut statement = conn
         .prepare(&format!("SELECT {REPO_COLUMNS} FROM repos ORDER BY did"))

@@ -62,6 +62,7 @@ fn keys_checks<S: Store>() -> Vec<Check<S>> {
         ("edges_are_a_set", edges_are_a_set::<S>),
         ("edges_removed_by_record", edges_removed_by_record::<S>),
         ("repo_rows", repo_rows::<S>),
+        ("repo_lookups", repo_lookups::<S>),
         ("kv", kv::<S>),
         ("event_log", event_log::<S>),
         ("summary_counts", summary_counts::<S>),
@@ -1135,6 +1136,78 @@ fn edges_removed_by_record<S: Store>(store: &mut S) {
 }
 
 /// Repo rows round-trip every field, are replaced whole and are listed by DID.
+/// Repo rows by page and by handle, and a repo's collections.
+fn repo_lookups<S: Store>(store: &mut S) {
+    populate(store);
+    let with_handle = |did: &str, handle: &str| RepoRow {
+        handle: Some(handle.to_owned()),
+        ..row(did, SyncState::Synced, "active", &["follows"])
+    };
+    apply(
+        store,
+        Batch {
+            repos: vec![
+                with_handle(ALICE, "alice.example.com"),
+                with_handle(DAVE, "Dave.Example.com"),
+            ],
+            ..Batch::default()
+        },
+    );
+    let dids = |rows: Vec<RepoRow>| rows.into_iter().map(|r| r.did).collect::<Vec<_>>();
+    let mut all = vec![ALICE, BOB, CAROL, DAVE];
+    all.sort_unstable();
+    assert_eq!(
+        dids(must("repos_page", store.repos_page(None, 10))),
+        all,
+        "every row, by DID"
+    );
+    assert_eq!(
+        dids(must("repos_page", store.repos_page(None, 2))),
+        all[..2],
+        "the first page"
+    );
+    assert_eq!(
+        dids(must("repos_page", store.repos_page(Some(all[1]), 2))),
+        all[2..],
+        "the page strictly after a DID"
+    );
+    assert_eq!(
+        dids(must("repos_page", store.repos_page(Some(all[3]), 2))),
+        Vec::<String>::new(),
+        "past the last row"
+    );
+    assert_eq!(
+        must("repo_by_handle", store.repo_by_handle("dave.example.com")).map(|r| r.did),
+        Some(DAVE.to_owned()),
+        "a handle, whatever its case"
+    );
+    assert_eq!(
+        must("repo_by_handle", store.repo_by_handle("ALICE.example.com")).map(|r| r.did),
+        Some(ALICE.to_owned())
+    );
+    assert_eq!(
+        must("repo_by_handle", store.repo_by_handle("nobody.example.com")),
+        None
+    );
+    let mut alices = strings(&[LIKE, FOLLOW]);
+    alices.sort_unstable();
+    assert_eq!(
+        must("collections", store.collections(ALICE)),
+        alices,
+        "alice's collections, sorted"
+    );
+    apply(store, changes(vec![delete(CAROL, POST, &tid(1))]));
+    assert_eq!(
+        must("collections", store.collections(CAROL)),
+        Vec::<String>::new(),
+        "a collection whose last record went"
+    );
+    assert_eq!(
+        must("collections", store.collections(DAVE)),
+        Vec::<String>::new()
+    );
+}
+
 fn repo_rows<S: Store>(store: &mut S) {
     let full = RepoRow {
         did: CAROL.to_owned(),

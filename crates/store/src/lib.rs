@@ -409,6 +409,15 @@ pub trait Store: Send {
     /// Every repo row, by DID.
     fn repos(&self) -> Result<Vec<RepoRow>, Error>;
 
+    /// Up to `limit` repo rows with DIDs after `after`, by DID: a page of `listRepos`.
+    fn repos_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoRow>, Error>;
+
+    /// The repo whose (verified) handle is `handle`, compared without regard to ASCII case.
+    fn repo_by_handle(&self, handle: &str) -> Result<Option<RepoRow>, Error>;
+
+    /// The collections a repo holds records of, sorted.
+    fn collections(&self, did: &str) -> Result<Vec<String>, Error>;
+
     /// Every walk edge, to rebuild the selector graph at start.
     fn edges(&self) -> Result<Vec<Edge>, Error>;
 

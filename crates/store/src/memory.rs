@@ -450,6 +450,42 @@ impl Store for MemoryStore {
         Ok(self.repos.values().cloned().collect())
     }
 
+    fn repos_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoRow>, Error> {
+        let start = after.map_or(Bound::Unbounded, |did| Bound::Excluded(did.to_owned()));
+        Ok(self
+            .repos
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, row)| row.clone())
+            .collect())
+    }
+
+    fn repo_by_handle(&self, handle: &str) -> Result<Option<RepoRow>, Error> {
+        Ok(self
+            .repos
+            .values()
+            .find(|row| {
+                row.handle
+                    .as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(handle))
+            })
+            .cloned())
+    }
+
+    fn collections(&self, did: &str) -> Result<Vec<String>, Error> {
+        Ok(self
+            .records
+            .get(did)
+            .map(|collections| {
+                collections
+                    .iter()
+                    .filter(|(_, rkeys)| !rkeys.is_empty())
+                    .map(|(collection, _)| collection.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     fn edges(&self) -> Result<Vec<Edge>, Error> {
         Ok(self.edges.iter().cloned().collect())
     }

@@ -227,6 +227,18 @@ impl<W: Write + Send> Store for StdoutStore<W> {
         self.index.repos()
     }
 
+    fn repos_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepoRow>, Error> {
+        self.index.repos_page(after, limit)
+    }
+
+    fn repo_by_handle(&self, handle: &str) -> Result<Option<RepoRow>, Error> {
+        self.index.repo_by_handle(handle)
+    }
+
+    fn collections(&self, did: &str) -> Result<Vec<String>, Error> {
+        self.index.collections(did)
+    }
+
     fn edges(&self) -> Result<Vec<Edge>, Error> {
         self.index.edges()
     }
