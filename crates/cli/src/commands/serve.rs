@@ -1,7 +1,7 @@
 //! `butterfly serve`: the sync engine and the HTTP API in one process, or, without a selector,
 //! the HTTP API over an existing database, read-only.
 
-use super::sync::{init_logging, show_progress, EngineArgs, DEFAULT_DB};
+use super::sync::{show_progress, EngineArgs, OutputArgs, DEFAULT_DB};
 use anyhow::{bail, Context};
 use butterfly_engine::{Engine, LiveSource};
 use butterfly_selector::Selector;
@@ -56,16 +56,8 @@ pub struct ServeArgs {
     /// Read connections to the database, for concurrent requests.
     #[arg(long, value_name = "N", default_value_t = 4, env = "BUTTERFLY_READERS")]
     pub readers: usize,
-    /// No progress on stderr.
-    #[arg(short, long, env = "BUTTERFLY_QUIET", action = clap::ArgAction::SetTrue,
-          value_parser = clap::builder::FalseyValueParser::new())]
-    pub quiet: bool,
-    /// Log what the engine does (repeat for more).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-    /// A config file with the same settings as these flags (default: ./butterfly.toml if present).
-    #[arg(long, value_name = "FILE", env = "BUTTERFLY_CONFIG")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -91,7 +83,7 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
 }
 
 pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.verbose, args.quiet);
+    args.output.init_logging();
     let retention = parse_duration(&args.event_log)?;
     let event_log = (!retention.is_zero()).then_some(retention);
     if !args.listen.ip().is_loopback() && args.admin_token.is_none() {
@@ -170,7 +162,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                     log: Arc::new(pool.clone()),
                 });
             }
-            if !args.quiet {
+            if !args.output.quiet {
                 progress = Some(tokio::spawn(show_progress(engine.stats(), false)));
             }
             let shutdown = stopped(stop_rx.clone());

@@ -32,6 +32,16 @@ pub struct SyncArgs {
     #[arg(long, env = "BUTTERFLY_ONCE", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::FalseyValueParser::new())]
     pub once: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// What a long-running command says on stderr, and where its settings file is: shared by `sync`
+/// and `serve`.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
     /// No progress on stderr.
     #[arg(short, long, env = "BUTTERFLY_QUIET", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::FalseyValueParser::new())]
@@ -42,8 +52,23 @@ pub struct SyncArgs {
     /// A config file with the same settings as these flags (default: ./butterfly.toml if present).
     #[arg(long, value_name = "FILE", env = "BUTTERFLY_CONFIG")]
     pub config: Option<PathBuf>,
-    #[command(flatten)]
-    pub engine: EngineArgs,
+}
+
+impl OutputArgs {
+    /// Logs to stderr at the level the flags ask for.
+    pub fn init_logging(&self) {
+        let level = match (self.quiet, self.verbose) {
+            (true, _) => tracing::Level::ERROR,
+            (false, 0) => tracing::Level::WARN,
+            (false, 1) => tracing::Level::INFO,
+            (false, _) => tracing::Level::DEBUG,
+        };
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+    }
 }
 
 /// How the engine follows the network: shared by `sync` and `serve`.
@@ -224,7 +249,7 @@ fn open_store(spec: Option<&str>) -> anyhow::Result<(Box<dyn Store>, bool)> {
 }
 
 pub fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
-    init_logging(args.verbose, args.quiet);
+    args.output.init_logging();
     let text = std::fs::read_to_string(&args.selector)
         .with_context(|| format!("reading {}", args.selector.display()))?;
     let selector = Selector::from_json(&text)
@@ -239,7 +264,7 @@ pub fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
         let directory = args.engine.identity.directory()?;
         let engine = Engine::new(config, selector, store, directory);
         let stats = engine.stats();
-        let show = !args.quiet;
+        let show = !args.output.quiet;
         let progress = show.then(|| tokio::spawn(show_progress(stats.clone(), to_stdout)));
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
@@ -269,20 +294,6 @@ pub fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
         }
         result.map(drop).map_err(anyhow::Error::from)
     })
-}
-
-pub(crate) fn init_logging(verbose: u8, quiet: bool) {
-    let level = match (quiet, verbose) {
-        (true, _) => tracing::Level::ERROR,
-        (false, 0) => tracing::Level::WARN,
-        (false, 1) => tracing::Level::INFO,
-        (false, _) => tracing::Level::DEBUG,
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
 }
 
 /// Progress bars on a terminal; otherwise one status line every 10 seconds.
