@@ -8,8 +8,8 @@
 //! reader that falls further behind than that is told so ([`Lagged`]) and decides what to do
 //! (a WebSocket consumer is cut off; a webhook goes back to the log).
 
-use butterfly_store::StreamEvent;
-use std::sync::Arc;
+use butterfly_store::{Store, StreamEvent};
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 /// The retained log of served events.
@@ -17,6 +17,17 @@ pub trait EventLog: Send + Sync {
     /// Up to `limit` events with `time_us > after`, oldest first. Blocking: call it from
     /// `spawn_blocking`.
     fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, String>;
+}
+
+/// A single store connection as the log (a server's reads go through a
+/// [`crate::readers::ReadPool`] instead; this suits embedding and tests).
+impl<S: Store> EventLog for Mutex<S> {
+    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, String> {
+        self.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .events_after(after, limit)
+            .map_err(|error| error.to_string())
+    }
 }
 
 /// Where served events come from.
@@ -160,22 +171,9 @@ impl EventReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use butterfly_store::EventKind;
-    use std::sync::Mutex;
+    use butterfly_store::{Batch, EventKind, MemoryStore};
 
-    struct VecLog(Mutex<Vec<StreamEvent>>);
-
-    impl EventLog for VecLog {
-        fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, String> {
-            let events = self.0.lock().map_err(|e| e.to_string())?;
-            Ok(events
-                .iter()
-                .filter(|e| e.time_us > after)
-                .take(limit)
-                .cloned()
-                .collect())
-        }
-    }
+    type VecLog = Mutex<MemoryStore>;
 
     fn event(time_us: i64) -> StreamEvent {
         StreamEvent {
@@ -189,10 +187,13 @@ mod tests {
 
     /// Commits an event the way the engine does: into the log, then onto the broadcast.
     fn commit(log: &VecLog, feed: &EventFeed, time_us: i64) {
-        log.0
-            .lock()
+        log.lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(event(time_us));
+            .apply(Batch {
+                events: vec![event(time_us)],
+                ..Batch::default()
+            })
+            .expect("apply");
         let _ = feed.live.send(Arc::new(event(time_us)));
     }
 
@@ -202,7 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn replays_the_log_then_follows_the_tail_without_gaps_or_repeats() {
-        let log = Arc::new(VecLog(Mutex::new(Vec::new())));
+        let log = Arc::new(VecLog::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(16);
         let feed = EventFeed {
             live,
@@ -226,7 +227,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_cursor_only_new_events_come() {
-        let log = Arc::new(VecLog(Mutex::new(Vec::new())));
+        let log = Arc::new(VecLog::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(16);
         let feed = EventFeed {
             live,
@@ -240,7 +241,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lag_is_reported_until_the_reader_goes_back_to_the_log() {
-        let log = Arc::new(VecLog(Mutex::new(Vec::new())));
+        let log = Arc::new(VecLog::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(4);
         let feed = EventFeed {
             live,

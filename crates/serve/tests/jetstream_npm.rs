@@ -7,7 +7,7 @@
 //! skipped quietly.
 #![allow(clippy::unwrap_used)]
 
-use butterfly_serve::feed::{EventFeed, EventLog};
+use butterfly_serve::feed::EventFeed;
 use butterfly_serve::subscribe::{Subscribe, SubscribeConfig};
 use butterfly_store::{Batch, EventKind, MemoryStore, Store, StreamEvent};
 use serde_json::{json, Value};
@@ -93,17 +93,7 @@ fn ensure_installed(dir: &Path, npm: &str) {
     }
 }
 
-struct StoreLog(Mutex<MemoryStore>);
-
-impl EventLog for StoreLog {
-    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, String> {
-        self.0
-            .lock()
-            .unwrap()
-            .events_after(after, limit)
-            .map_err(|error| error.to_string())
-    }
-}
+type StoreLog = Mutex<MemoryStore>;
 
 struct Server {
     log: Arc<StoreLog>,
@@ -114,7 +104,7 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
-        let log = Arc::new(StoreLog(Mutex::new(MemoryStore::new())));
+        let log = Arc::new(Mutex::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(1024);
         let subscribe = Subscribe::new(
             EventFeed {
@@ -159,7 +149,6 @@ impl Server {
             json: json.to_string(),
         };
         self.log
-            .0
             .lock()
             .unwrap()
             .apply(Batch {

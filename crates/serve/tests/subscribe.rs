@@ -31,17 +31,7 @@ const FOLLOW: &str = "app.bsky.graph.follow";
 const BLOCK: &str = "app.bsky.graph.block";
 const PROFILE: &str = "app.bsky.actor.profile";
 
-struct StoreLog(Mutex<MemoryStore>);
-
-impl EventLog for StoreLog {
-    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, String> {
-        self.0
-            .lock()
-            .unwrap()
-            .events_after(after, limit)
-            .map_err(|error| error.to_string())
-    }
-}
+type StoreLog = Mutex<MemoryStore>;
 
 /// A log that cannot be read.
 struct BrokenLog;
@@ -73,7 +63,7 @@ fn now_us() -> i64 {
 
 impl Server {
     async fn start(capacity: usize, config: SubscribeConfig) -> Arc<Server> {
-        let log = Arc::new(StoreLog(Mutex::new(MemoryStore::new())));
+        let log = Arc::new(Mutex::new(MemoryStore::new()));
         Self::start_with(capacity, config, log.clone(), log).await
     }
 
@@ -113,7 +103,6 @@ impl Server {
     /// Commits an event as the engine does: into the log, then onto the broadcast.
     fn publish(&self, event: StreamEvent) -> StreamEvent {
         self.log
-            .0
             .lock()
             .unwrap()
             .apply(Batch {
@@ -845,7 +834,7 @@ async fn a_client_message_over_10_mb_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_that_cannot_be_read_closes_with_an_internal_error() {
-    let unused = Arc::new(StoreLog(Mutex::new(MemoryStore::new())));
+    let unused = Arc::new(Mutex::new(MemoryStore::new()));
     let server = Server::start_with(64, config(), unused, Arc::new(BrokenLog)).await;
     let mut client = server.connect_only("cursor=1").await;
     let (code, reason) = close_frame(&mut client).await;

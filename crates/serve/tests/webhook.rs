@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use butterfly_serve::feed::{EventFeed, EventLog};
+use butterfly_serve::feed::EventFeed;
 use butterfly_serve::webhook::{
     CursorStore, Error, FileCursor, Webhook, WebhookConfig, WebhookStats,
 };
@@ -30,15 +30,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 // ---- the engine side: a store's log and the broadcast ----
 
-struct StoreLog(Mutex<MemoryStore>);
-
-impl EventLog for StoreLog {
-    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, String> {
-        lock(&self.0)
-            .events_after(after, limit)
-            .map_err(|e| e.to_string())
-    }
-}
+type StoreLog = Mutex<MemoryStore>;
 
 struct Engine {
     store: Arc<StoreLog>,
@@ -47,7 +39,7 @@ struct Engine {
 
 impl Engine {
     fn new(capacity: usize) -> Engine {
-        let store = Arc::new(StoreLog(Mutex::new(MemoryStore::new())));
+        let store = Arc::new(Mutex::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(capacity);
         let feed = EventFeed {
             live,
@@ -59,7 +51,7 @@ impl Engine {
     /// Commits events the way the engine does: into the log, then onto the broadcast.
     fn commit(&self, times: impl IntoIterator<Item = i64>) {
         let events: Vec<StreamEvent> = times.into_iter().map(event).collect();
-        lock(&self.store.0)
+        lock(&self.store)
             .apply(Batch {
                 events: events.clone(),
                 ..Default::default()
@@ -72,7 +64,7 @@ impl Engine {
 
     /// Applies the log's retention: events older than `before` go.
     fn drop_before(&self, before: i64) {
-        lock(&self.store.0)
+        lock(&self.store)
             .apply(Batch {
                 events_before: Some(before),
                 ..Default::default()
