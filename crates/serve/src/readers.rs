@@ -40,13 +40,41 @@ impl Idle {
             }
         };
         drop(stores);
-        let result = read(store.as_ref());
-        self.stores
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(store);
-        self.returned.notify_one();
-        result
+        // Given back on the way out, even if `read` panics: a lost connection would leave later
+        // reads waiting for it forever.
+        let lent = Lent {
+            idle: self,
+            store: Some(store),
+        };
+        read(lent.store())
+    }
+}
+
+/// A connection out of the pool, given back when dropped.
+struct Lent<'a> {
+    idle: &'a Idle,
+    store: Option<Box<dyn Store>>,
+}
+
+impl Lent<'_> {
+    fn store(&self) -> &dyn Store {
+        match &self.store {
+            Some(store) => store.as_ref(),
+            None => unreachable!("a lent connection is held until dropped"),
+        }
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            self.idle
+                .stores
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(store);
+            self.idle.returned.notify_one();
+        }
     }
 }
 
@@ -94,5 +122,27 @@ impl EventLog for ReadPool {
         self.idle
             .with(|store| store.events_after(after, limit))
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use butterfly_store::MemoryStore;
+
+    #[tokio::test]
+    async fn a_read_that_panics_gives_its_connection_back() {
+        let pool = ReadPool::new(vec![Box::new(MemoryStore::new())]);
+        let failed = pool
+            .read(|_| -> Result<(), butterfly_store::Error> { panic!("a read that fails badly") })
+            .await;
+        assert!(matches!(failed, Err(ReadError::Task(_))));
+        let next = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            pool.read(|store| store.kv_get("x")),
+        )
+        .await
+        .expect("the only connection is back in the pool");
+        assert!(matches!(next, Ok(None)));
     }
 }
