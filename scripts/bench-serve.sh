@@ -20,25 +20,10 @@ duration="${DURATION:-30s}"
 connections="${CONNECTIONS:-16}"
 work="${BUTTERFLY_BENCH_DIR:-bench-serve}"
 command -v wrk >/dev/null || { echo "bench-serve: needs wrk (apt-get install wrk)" >&2; exit 2; }
-mkdir -p "$work"
-cargo build --release --locked -p butterfly
-bin="${CARGO_TARGET_DIR:-$PWD/target}/release/butterfly"
-
-log="$work/net-$repos-$events.log"
-if [ ! -f "$log" ]; then
-  echo "== generating $events events over $repos repos"
-  "$bin" sim firehose --repos "$repos" --events "$events" --out "$log" \
-    --identities-out "$work/net.json"
-fi
-python3 scripts/first-frames.py "$log" "$work/first.log" "$backfill_at"
-
-coproc SIM { exec "$bin" sim serve --frames "$work/first.log" --identities "$work/net.json"; }
-pids="$SIM_PID"
+. scripts/bench-network.sh
+bench_network "$work" "$repos" "$events" "$backfill_at"
+pids="$sim_pid"
 trap 'kill $pids 2>/dev/null || true' EXIT
-read -r ready <&"${SIM[0]}"
-url=$(printf '%s' "$ready" | sed -E 's/.*"url":"([^"]+)".*/\1/')
-printf '{"select":[{"where":{"service":"%s","method":"com.atproto.sync.listRepos","attr":"repos.*.did","pagination":{"param":"cursor","attr":"cursor"}},"tag":"all"}]}' "$url" \
-  > "$work/all.json"
 db="$work/serve.duckdb"
 if [ ! -f "$db" ]; then
   echo "== backfill: sync --once from the simulator at event $backfill_at"
@@ -79,11 +64,15 @@ lua("backlinks", [
 PY
 
 echo "== serve: following events $((backfill_at + 1))..$events live while wrk runs"
-coproc SERVE { exec "$bin" serve "$work/all.json" --db "$db" --listen 127.0.0.1:0 -q \
+"$bin" serve "$work/all.json" --db "$db" --listen 127.0.0.1:0 -q \
   --relay "file:$log" --cursor "$backfill_at" --plc "$url" --handle-resolver "$url" \
-  --allow-private-network --event-log 0; }
-pids="$pids $SERVE_PID"
-read -r listening <&"${SERVE[0]}"
+  --allow-private-network --event-log 0 > "$work/serve.out" &
+pids="$pids $!"
+serve_pid=$!
+until listening=$(head -n 1 "$work/serve.out" 2>/dev/null) && [ -n "$listening" ]; do
+  kill -0 "$serve_pid" 2>/dev/null || { echo "bench-serve: butterfly serve exited" >&2; exit 1; }
+  sleep 0.2
+done
 base=$(printf '%s' "$listening" | sed -E 's/.*"listening":"([^"]+)".*/\1/')
 sleep 5
 before=$(curl -s "$base/metrics" | awk '/^butterfly_live_changes_total /{print $2}')

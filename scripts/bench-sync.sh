@@ -11,24 +11,9 @@ repos="${1:-10000}"
 events="${2:-1000000}"
 half=$((events / 2))
 work="${BUTTERFLY_BENCH_DIR:-bench-sync}"
-mkdir -p "$work"
-cargo build --release --locked -p butterfly
-bin="${CARGO_TARGET_DIR:-$PWD/target}/release/butterfly"
-
-log="$work/net-$repos-$events.log"
-if [ ! -f "$log" ]; then
-  echo "== generating $events events over $repos repos"
-  "$bin" sim firehose --repos "$repos" --events "$events" --out "$log" \
-    --identities-out "$work/net.json"
-fi
-python3 scripts/first-frames.py "$log" "$work/first-half.log" "$half"
-
-coproc SIM { exec "$bin" sim serve --frames "$work/first-half.log" --identities "$work/net.json"; }
-trap 'kill "$SIM_PID" 2>/dev/null || true' EXIT
-read -r ready <&"${SIM[0]}"
-url=$(printf '%s' "$ready" | sed -E 's/.*"url":"([^"]+)".*/\1/')
-printf '{"select":[{"where":{"service":"%s","method":"com.atproto.sync.listRepos","attr":"repos.*.did","pagination":{"param":"cursor","attr":"cursor"}},"tag":"all"}]}' "$url" \
-  > "$work/all.json"
+. scripts/bench-network.sh
+bench_network "$work" "$repos" "$events" "$half"
+trap 'kill "$sim_pid" 2>/dev/null || true' EXIT
 rm -f "$work/bench.duckdb" "$work/bench.duckdb.wal"
 
 echo "== backfill: sync --once from the simulator at event $half"

@@ -214,35 +214,41 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             app,
             stopped(stop_rx.clone()),
         ));
-        // Stop on Ctrl-C or SIGTERM, or when the engine stops by itself (an error).
-        let engine_result = {
-            let interrupted = async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
-                }
-            };
-            match engine_task {
-                Some(mut task) => {
-                    tokio::select! {
-                        _ = interrupted => {
-                            let _ = stop_tx.send(true);
-                            Some(task.await)
-                        }
-                        result = &mut task => {
-                            let _ = stop_tx.send(true);
-                            Some(result)
-                        }
+        // Stop on Ctrl-C or SIGTERM, or when the engine fails. An engine that ends cleanly (a
+        // replayed frame log ran out) leaves the API serving what it wrote.
+        let interrupted = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = async {
+                    match term.as_mut() {
+                        Some(term) => { term.recv().await; }
+                        None => std::future::pending().await,
                     }
-                }
-                None => {
-                    interrupted.await;
+                } => {},
+            }
+        };
+        tokio::pin!(interrupted);
+        let engine_result = match engine_task {
+            Some(mut task) => tokio::select! {
+                _ = &mut interrupted => {
                     let _ = stop_tx.send(true);
-                    None
+                    Some(task.await)
                 }
+                result = &mut task => {
+                    if matches!(result, Ok(Ok(_))) {
+                        tracing::warn!("the live source ended; serving what was written until interrupted");
+                        (&mut interrupted).await;
+                    }
+                    let _ = stop_tx.send(true);
+                    Some(result)
+                }
+            },
+            None => {
+                interrupted.await;
+                let _ = stop_tx.send(true);
+                None
             }
         };
         if let Some(progress) = progress {

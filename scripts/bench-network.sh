@@ -1,0 +1,26 @@
+# Sourced by the bench scripts: builds Butterfly, generates a simulated network (cached in the
+# work folder), and serves its first frames on loopback.
+#   bench_network WORK REPOS EVENTS UPTO
+# sets `bin` (the release binary), `log` (the whole frame log), `url` (the simulator, which is also
+# its PLC directory and handle resolver) and `sim_pid`, and writes WORK/all.json, a selector of
+# every repo the simulator lists. The caller stops the simulator (kill "$sim_pid").
+bench_network() {
+  local work="$1" repos="$2" events="$3" upto="$4"
+  mkdir -p "$work"
+  cargo build --release --locked -p butterfly
+  bin="${CARGO_TARGET_DIR:-$PWD/target}/release/butterfly"
+  log="$work/net-$repos-$events.log"
+  if [ ! -f "$log" ]; then
+    echo "== generating $events events over $repos repos"
+    "$bin" sim firehose --repos "$repos" --events "$events" --out "$log" \
+      --identities-out "$work/net.json"
+  fi
+  python3 scripts/first-frames.py "$log" "$work/first.log" "$upto"
+  coproc SIM { exec "$bin" sim serve --frames "$work/first.log" --identities "$work/net.json"; }
+  sim_pid="$SIM_PID"
+  local ready
+  read -r ready <&"${SIM[0]}"
+  url=$(printf '%s' "$ready" | sed -E 's/.*"url":"([^"]+)".*/\1/')
+  printf '{"select":[{"where":{"service":"%s","method":"com.atproto.sync.listRepos","attr":"repos.*.did","pagination":{"param":"cursor","attr":"cursor"}},"tag":"all"}]}' "$url" \
+    > "$work/all.json"
+}
