@@ -39,6 +39,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use butterfly_selector::Pattern;
 use butterfly_store::StreamEvent;
 use futures_util::SinkExt;
 use serde::Deserialize;
@@ -267,19 +268,13 @@ impl Request {
 /// Which events a connection wants.
 #[derive(Debug, Default)]
 struct Filters {
-    /// `None`: every collection.
-    collections: Option<Collections>,
+    /// `None`: every collection. Exact NSIDs and prefixes (`app.bsky.feed.*`), as the selector's
+    /// retention patterns are written.
+    collections: Option<Vec<Pattern>>,
     /// Empty: every repo.
     dids: HashSet<String>,
     /// 0: no limit.
     max_message_size: usize,
-}
-
-#[derive(Debug, Default)]
-struct Collections {
-    exact: HashSet<String>,
-    /// Prefixes with their trailing dot, e.g. `app.bsky.feed.`.
-    prefixes: Vec<String>,
 }
 
 impl Filters {
@@ -292,23 +287,26 @@ impl Filters {
         let collections = if collections.is_empty() {
             None
         } else {
-            let mut wanted = Collections::default();
+            let mut wanted = Vec::with_capacity(collections.len());
             for collection in collections {
-                if let Some(prefix) = collection.strip_suffix('*') {
-                    if !is_nsid_prefix(prefix) {
-                        return Err(format!(
-                            "invalid collection prefix {collection:?}: expected NSID segments \
-                             followed by `.*`, such as `app.bsky.feed.*`"
-                        ));
-                    }
-                    wanted.prefixes.push(prefix.to_owned());
+                let what = if collection.ends_with('*') {
+                    "invalid collection prefix"
                 } else {
-                    butterfly_syntax::Nsid::parse(&collection)
-                        .map_err(|error| format!("invalid collection {collection:?}: {error}"))?;
-                    wanted.exact.insert(collection);
+                    "invalid collection"
+                };
+                match Pattern::parse(&collection) {
+                    // Jetstream has no "every collection" pattern: that is no filter at all.
+                    Ok(Pattern::Any) => {
+                        return Err(format!(
+                            "{what} {collection:?}: leave it out to get them all"
+                        ))
+                    }
+                    Ok(pattern) if wanted.contains(&pattern) => {}
+                    Ok(pattern) => wanted.push(pattern),
+                    Err(error) => return Err(format!("{what} {collection:?}: {error}")),
                 }
             }
-            let count = wanted.exact.len() + wanted.prefixes.len();
+            let count = wanted.len();
             if count > config.max_wanted_collections {
                 return Err(format!(
                     "too many wanted collections: {count}, at most {}",
@@ -343,28 +341,11 @@ impl Filters {
         }
         match (&self.collections, &event.collection) {
             (Some(wanted), Some(collection)) => {
-                wanted.exact.contains(collection)
-                    || wanted
-                        .prefixes
-                        .iter()
-                        .any(|prefix| collection.starts_with(prefix.as_str()))
+                wanted.iter().any(|pattern| pattern.matches(collection))
             }
             _ => true,
         }
     }
-}
-
-/// `app.bsky.feed.` and the like: one or more NSID segments, each followed by a dot.
-fn is_nsid_prefix(prefix: &str) -> bool {
-    let Some(segments) = prefix.strip_suffix('.') else {
-        return false;
-    };
-    segments.split('.').all(|segment| {
-        (1..=63).contains(&segment.len())
-            && segment
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
-    })
 }
 
 /// A message from the client.
