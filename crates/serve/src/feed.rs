@@ -8,7 +8,7 @@
 //! reader that falls further behind than that is told so ([`Lagged`]) and decides what to do
 //! (a WebSocket consumer is cut off; a webhook goes back to the log).
 
-use butterfly_store::{Store, StreamEvent};
+use butterfly_store::{Batch, Store, StreamEvent};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
@@ -28,6 +28,25 @@ impl<S: Store> EventLog for Mutex<S> {
             .events_after(after, limit)
             .map_err(|error| error.to_string())
     }
+}
+
+/// Appends `events` to a store's log and then publishes them, as the engine's writer does: for a
+/// feed fed by something other than the engine, and for tests.
+pub fn commit_events<S: Store>(
+    log: &Mutex<S>,
+    live: &broadcast::Sender<Arc<StreamEvent>>,
+    events: Vec<StreamEvent>,
+) -> Result<(), butterfly_store::Error> {
+    let published: Vec<Arc<StreamEvent>> = events.iter().cloned().map(Arc::new).collect();
+    log.lock().unwrap_or_else(|p| p.into_inner()).apply(Batch {
+        events,
+        ..Batch::default()
+    })?;
+    for event in published {
+        // No subscriber is no error.
+        let _ = live.send(event);
+    }
+    Ok(())
 }
 
 /// Where served events come from.
@@ -171,7 +190,7 @@ impl EventReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use butterfly_store::{Batch, EventKind, MemoryStore};
+    use butterfly_store::{EventKind, MemoryStore};
 
     type VecLog = Mutex<MemoryStore>;
 
@@ -187,14 +206,7 @@ mod tests {
 
     /// Commits an event the way the engine does: into the log, then onto the broadcast.
     fn commit(log: &VecLog, feed: &EventFeed, time_us: i64) {
-        log.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply(Batch {
-                events: vec![event(time_us)],
-                ..Batch::default()
-            })
-            .expect("apply");
-        let _ = feed.live.send(Arc::new(event(time_us)));
+        commit_events(log, &feed.live, vec![event(time_us)]).expect("apply");
     }
 
     fn times(events: &[Arc<StreamEvent>]) -> Vec<i64> {

@@ -7,9 +7,9 @@
 //! skipped quietly.
 #![allow(clippy::unwrap_used)]
 
-use butterfly_serve::feed::EventFeed;
+use butterfly_serve::feed::{commit_events, EventFeed};
 use butterfly_serve::subscribe::{Subscribe, SubscribeConfig};
-use butterfly_store::{Batch, EventKind, MemoryStore, Store, StreamEvent};
+use butterfly_store::{EventKind, MemoryStore, StreamEvent};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -148,15 +148,7 @@ impl Server {
             collection: collection.map(Into::into),
             json: json.to_string(),
         };
-        self.log
-            .lock()
-            .unwrap()
-            .apply(Batch {
-                events: vec![event.clone()],
-                ..Default::default()
-            })
-            .unwrap();
-        let _ = self.live.send(Arc::new(event.clone()));
+        commit_events(&self.log, &self.live, vec![event.clone()]).unwrap();
         event
     }
 

@@ -5,9 +5,9 @@
 //! event goes to after the batch holding it is applied.
 #![allow(clippy::unwrap_used)]
 
-use butterfly_serve::feed::{EventFeed, EventLog};
+use butterfly_serve::feed::{commit_events, EventFeed, EventLog};
 use butterfly_serve::subscribe::{Subscribe, SubscribeConfig};
-use butterfly_store::{Batch, EventKind, MemoryStore, Store, StreamEvent};
+use butterfly_store::{EventKind, MemoryStore, StreamEvent};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -102,15 +102,7 @@ impl Server {
 
     /// Commits an event as the engine does: into the log, then onto the broadcast.
     fn publish(&self, event: StreamEvent) -> StreamEvent {
-        self.log
-            .lock()
-            .unwrap()
-            .apply(Batch {
-                events: vec![event.clone()],
-                ..Default::default()
-            })
-            .unwrap();
-        let _ = self.live.send(Arc::new(event.clone()));
+        commit_events(&self.log, &self.live, vec![event.clone()]).unwrap();
         event
     }
 

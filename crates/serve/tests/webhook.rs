@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use butterfly_serve::feed::EventFeed;
+use butterfly_serve::feed::{commit_events, EventFeed};
 use butterfly_serve::webhook::{
     CursorStore, Error, FileCursor, Webhook, WebhookConfig, WebhookStats,
 };
@@ -50,16 +50,8 @@ impl Engine {
 
     /// Commits events the way the engine does: into the log, then onto the broadcast.
     fn commit(&self, times: impl IntoIterator<Item = i64>) {
-        let events: Vec<StreamEvent> = times.into_iter().map(event).collect();
-        lock(&self.store)
-            .apply(Batch {
-                events: events.clone(),
-                ..Default::default()
-            })
-            .expect("apply");
-        for event in events {
-            let _ = self.feed.live.send(Arc::new(event));
-        }
+        let events = times.into_iter().map(event).collect();
+        commit_events(&self.store, &self.feed.live, events).expect("apply");
     }
 
     /// Applies the log's retention: events older than `before` go.
