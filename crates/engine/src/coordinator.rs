@@ -836,9 +836,9 @@ impl Coordinator {
                 if repo.row.status == "deleted" {
                     return;
                 }
-                let tags = repo.row.tags.clone();
+                let tags = &repo.row.tags;
                 for op in ops {
-                    let keep = self.rules.keep(&tags, &op.collection);
+                    let keep = self.rules.keep(tags, &op.collection);
                     if self.rules.walks(&op.collection) {
                         // The graph mirrors the store (plus this batch), so only a record that
                         // held edges needs them removed; a fresh create costs no delete.
@@ -1227,9 +1227,8 @@ impl Coordinator {
             let Some(repo) = self.repos.get(&did) else {
                 continue;
             };
-            let tags = repo.row.tags.clone();
-            let same =
-                crate::graph::same_retention_between((&old_rules, &tags), (&new_rules, &tags));
+            let tags = &repo.row.tags;
+            let same = crate::graph::same_retention_between((&old_rules, tags), (&new_rules, tags));
             if walks_changed || !same {
                 resynced += 1;
                 self.resync(&did);
