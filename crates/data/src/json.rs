@@ -56,6 +56,89 @@ impl Value {
             }
         }
     }
+
+    /// The text of [`Value::to_json`], byte for byte what `serde_json` prints for it, written
+    /// straight from the value: a backfill turns every record into JSON text, and building the
+    /// `serde_json` tree first costs more than the writing.
+    pub fn to_json_string(&self) -> String {
+        let mut out = String::with_capacity(256);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends the text of [`Value::to_json_string`] to `out`.
+    pub fn write_json(&self, out: &mut String) {
+        match self {
+            Value::Null => out.push_str("null"),
+            Value::Bool(true) => out.push_str("true"),
+            Value::Bool(false) => out.push_str("false"),
+            Value::Integer(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Value::String(s) => write_json_string(out, s),
+            Value::Bytes(bytes) => {
+                out.push_str("{\"$bytes\":\"");
+                BASE64_NO_PAD.encode_string(bytes, out);
+                out.push_str("\"}");
+            }
+            Value::Link(cid) => {
+                out.push_str("{\"$link\":\"");
+                let _ = write!(out, "{cid}");
+                out.push_str("\"}");
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.write_json(out);
+                }
+                out.push(']');
+            }
+            Value::Map(map) => {
+                out.push('{');
+                for (i, (key, value)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write_json_string(out, key);
+                    out.push(':');
+                    value.write_json(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+}
+
+/// A JSON string literal, escaped as `serde_json` escapes: `"`, `\\`, and control characters
+/// (the usual short forms, else `\u00XX`); everything else as it is.
+fn write_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    let mut plain = 0;
+    for (i, byte) in text.bytes().enumerate() {
+        let escape: &str = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[plain..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        plain = i + 1;
+    }
+    out.push_str(&text[plain..]);
+    out.push('"');
 }
 
 fn json_error(path: &str, message: impl Into<String>) -> Error {
@@ -178,6 +261,26 @@ mod tests {
                 assert!(e.to_string().contains(part), "{e} should mention {part}")
             }
             (result, expected) => panic!("{json}: got {result:?}, expected error {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn json_text_is_what_serde_json_prints() {
+        let texts = [
+            r#"{"$type":"app.bsky.feed.post","text":"quote \" slash \\ nl \n tab \t cr \r bell \u0007 del \u007f é 🦋 </script>","createdAt":"2024-01-01T00:00:00.000Z"}"#,
+            r#"{"a":[1,-2,9223372036854775807,-9223372036854775808,true,false,null,[],{}],"b":{"$bytes":"aGVsbG8"},"c":{"$link":"bafyreidfayvfuwqa7qlnopdjiqrxzs6blmoeu4rujcjtnci5beludirz2a"}}"#,
+            r#"{"blob":{"$type":"blob","ref":{"$link":"bafkreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy"},"mimeType":"image/png","size":12345},"\u0000key\u001f":"\b\f"}"#,
+        ];
+        for text in texts {
+            let json: Json = serde_json::from_str(text).unwrap();
+            let value = Value::from_json(&json).unwrap();
+            // Through CBOR, so that map keys come in the data model's order.
+            let value = Value::from_cbor(&value.to_cbor()).unwrap();
+            assert_eq!(
+                value.to_json_string(),
+                value.to_json().to_string(),
+                "{text}"
+            );
         }
     }
 

@@ -1,4 +1,5 @@
-//! Fetching one repo: `getRepo` spooled to a temporary file, the commit's signature checked, the
+//! Fetching one repo: `getRepo` read into memory if small (up to 8 MiB), else spooled to a
+//! temporary file; the commit's signature checked, the
 //! MST walked in key order, retention applied, and the kept records sent to the store in chunks.
 //!
 //! A first backfill writes records as bulk chunks. A resync diffs against what the store holds and
@@ -51,6 +52,76 @@ pub(crate) struct Fetched {
     pub(crate) edges: Vec<Edge>,
 }
 
+/// Why a fetch stored nothing.
+#[derive(Debug)]
+pub(crate) enum FetchError {
+    /// The repo's host refuses to serve it because of the account's status
+    /// (`RepoDeactivated`, `RepoTakendown`, `RepoSuspended`): a definite answer, not retried soon.
+    /// `status` is the account status it implies, as `#account` events spell it.
+    Unavailable {
+        status: &'static str,
+        message: String,
+    },
+    /// Anything else, retried with backoff: a message for the repo row.
+    Failed(String),
+}
+
+impl From<String> for FetchError {
+    fn from(message: String) -> FetchError {
+        FetchError::Failed(message)
+    }
+}
+
+impl From<&str> for FetchError {
+    fn from(message: &str) -> FetchError {
+        FetchError::Failed(message.to_owned())
+    }
+}
+
+/// The account status a `getRepo` error names, if it names one.
+fn unavailable_status(error: &butterfly_xrpc::Error) -> Option<&'static str> {
+    let butterfly_xrpc::Error::Xrpc {
+        error: Some(name), ..
+    } = error
+    else {
+        return None;
+    };
+    match name.as_str() {
+        "RepoDeactivated" => Some("deactivated"),
+        "RepoTakendown" => Some("takendown"),
+        "RepoSuspended" => Some("suspended"),
+        _ => None,
+    }
+}
+
+/// Repos up to this size are held in memory while they are read; larger ones go to a temporary
+/// file. With the default sixteen fetches at once, that is at most 128 MiB.
+const SPOOL_IN_MEMORY: usize = 8 << 20;
+
+/// A fetched CAR, in memory or in a temporary file, to be indexed and walked.
+enum Spool {
+    Memory(std::io::Cursor<Vec<u8>>),
+    File(std::fs::File),
+}
+
+impl std::io::Read for Spool {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Spool::Memory(bytes) => bytes.read(buf),
+            Spool::File(file) => file.read(buf),
+        }
+    }
+}
+
+impl std::io::Seek for Spool {
+    fn seek(&mut self, position: std::io::SeekFrom) -> std::io::Result<u64> {
+        match self {
+            Spool::Memory(bytes) => bytes.seek(position),
+            Spool::File(file) => file.seek(position),
+        }
+    }
+}
+
 /// Shared by all backfills of a run.
 pub(crate) struct Backfiller {
     pub(crate) directory: Directory,
@@ -94,8 +165,8 @@ impl Backfiller {
         Ok(client)
     }
 
-    /// Fetches and stores one repo. `Err` is a message for the repo row (the engine retries).
-    pub(crate) async fn run(self: Arc<Self>, job: BackfillJob) -> Result<Fetched, String> {
+    /// Fetches and stores one repo.
+    pub(crate) async fn run(self: Arc<Self>, job: BackfillJob) -> Result<Fetched, FetchError> {
         let did = Did::parse(&job.did).map_err(|e| format!("bad DID: {e}"))?;
         // Only the DID document is needed here (PDS and key); the handle is checked afterwards,
         // off the backfill's path, because checking it costs DNS and HTTPS lookups.
@@ -118,25 +189,17 @@ impl Backfiller {
         };
 
         let client = self.client_for(&pds)?;
-        let mut body = client
-            .sync()
-            .get_repo(&did, None)
-            .await
-            .map_err(|e| format!("getRepo from {pds}: {e}"))?;
-        let spool = match &self.spool_dir {
-            Some(dir) => tempfile::tempfile_in(dir),
-            None => tempfile::tempfile(),
-        }
-        .map_err(|e| format!("creating a spool file: {e}"))?;
-        let mut writer =
-            tokio::fs::File::from_std(spool.try_clone().map_err(|e| format!("spool file: {e}"))?);
-        tokio::io::copy(&mut body, &mut writer)
+        let mut body = client.sync().get_repo(&did, None).await.map_err(|e| {
+            let message = format!("getRepo from {pds}: {e}");
+            match unavailable_status(&e) {
+                Some(status) => FetchError::Unavailable { status, message },
+                None => FetchError::Failed(message),
+            }
+        })?;
+        let spool = self
+            .spool(&mut body)
             .await
             .map_err(|e| format!("reading getRepo from {pds}: {e}"))?;
-        tokio::io::AsyncWriteExt::flush(&mut writer)
-            .await
-            .map_err(|e| format!("spool file: {e}"))?;
-        drop(writer);
         drop(body);
 
         let old_keys = match &job.kind {
@@ -161,10 +224,36 @@ impl Backfiller {
         })
     }
 
+    /// Reads a `getRepo` body: into memory while it is small, else into a temporary file.
+    async fn spool(
+        &self,
+        body: &mut (impl tokio::io::AsyncRead + Unpin),
+    ) -> std::io::Result<Spool> {
+        use tokio::io::AsyncReadExt;
+        let mut head = Vec::new();
+        (&mut *body)
+            .take(SPOOL_IN_MEMORY as u64 + 1)
+            .read_to_end(&mut head)
+            .await?;
+        if head.len() <= SPOOL_IN_MEMORY {
+            return Ok(Spool::Memory(std::io::Cursor::new(head)));
+        }
+        let file = match &self.spool_dir {
+            Some(dir) => tempfile::tempfile_in(dir),
+            None => tempfile::tempfile(),
+        }?;
+        let mut writer = tokio::fs::File::from_std(file.try_clone()?);
+        tokio::io::AsyncWriteExt::write_all(&mut writer, &head).await?;
+        drop(head);
+        tokio::io::copy(body, &mut writer).await?;
+        tokio::io::AsyncWriteExt::flush(&mut writer).await?;
+        Ok(Spool::File(file))
+    }
+
     /// The blocking half: index the spooled CAR, check the commit, walk, write.
     fn read_repo(
         &self,
-        file: std::fs::File,
+        file: Spool,
         job: &BackfillJob,
         key: Option<butterfly_crypto::PublicKey>,
         old_keys: Option<Vec<(String, String, String)>>,
@@ -197,18 +286,15 @@ impl Backfiller {
             .to_owned();
         let data = commit.data.to_string();
         let car = RefCell::new(car);
-        let read_json =
-            |path: &str, cid: &butterfly_data::Cid| -> Result<serde_json::Value, String> {
-                let bytes = car
-                    .borrow_mut()
-                    .get_block(cid)
-                    .map_err(|e| format!("reading record {path}: {e}"))?
-                    .ok_or_else(|| format!("record {path} ({cid}) is missing from the CAR"))?
-                    .into_owned();
-                let value = Value::from_cbor(&bytes)
-                    .map_err(|e| format!("record {path} is not valid DAG-CBOR: {e}"))?;
-                Ok(value.to_json())
-            };
+        let read_record = |path: &str, cid: &butterfly_data::Cid| -> Result<Value, String> {
+            let mut car = car.borrow_mut();
+            let bytes = car
+                .get_block(cid)
+                .map_err(|e| format!("reading record {path}: {e}"))?
+                .ok_or_else(|| format!("record {path} ({cid}) is missing from the CAR"))?;
+            Value::from_cbor(&bytes)
+                .map_err(|e| format!("record {path} is not valid DAG-CBOR: {e}"))
+        };
         let mut sink = Sink::new(self, job, &rev, old_keys);
         let mut source = SharedSource(&car);
         // Records come grouped by collection; one retention lookup per collection.
@@ -247,13 +333,14 @@ impl Backfiller {
                     if unchanged && !walks {
                         continue;
                     }
-                    let json = read_json(&path, &cid)?;
+                    let record = read_record(&path, &cid)?;
                     if walks {
+                        let json = record.to_json();
                         sink.edges
                             .extend(job.rules.edges_of(&job.did, collection, rkey, &json));
                     }
                     if kept && unlimited && !unchanged {
-                        sink.emit_new(collection, rkey, cid_text, json.to_string())?;
+                        sink.emit_new(collection, rkey, cid_text, record.to_json_string())?;
                     }
                 }
                 WalkItem::MissingNode(cid) => {
@@ -267,8 +354,8 @@ impl Backfiller {
             if sink.take_unchanged(&collection, &rkey, &cid_text) {
                 continue;
             }
-            let json = read_json(&format!("{collection}/{rkey}"), &cid)?;
-            sink.emit_new(&collection, &rkey, cid_text, json.to_string())?;
+            let record = read_record(&format!("{collection}/{rkey}"), &cid)?;
+            sink.emit_new(&collection, &rkey, cid_text, record.to_json_string())?;
         }
         let edges = sink.finish()?;
         Ok((rev, data, edges))

@@ -4,7 +4,7 @@
 //! writer's queue before the batch that completes them), so the order of effects is the order of
 //! this loop.
 
-use crate::backfill::{synced_row, BackfillJob, Backfiller, Fetched, JobKind};
+use crate::backfill::{synced_row, BackfillJob, Backfiller, FetchError, Fetched, JobKind};
 use crate::control::{Command, ControlError, RepoStanding, RepoUpdate, SelectorSwap};
 use crate::graph::{keeps, Graph, Rules};
 use crate::live::{self, LiveBody, LiveEvent, LiveHandle, Tracked};
@@ -123,7 +123,7 @@ struct Coordinator {
     dirty: bool,
     queue: VecDeque<String>,
     in_flight: usize,
-    done_tx: mpsc::Sender<(String, Result<Fetched, String>)>,
+    done_tx: mpsc::Sender<(String, Result<Fetched, FetchError>)>,
     seeds_tx: mpsc::Sender<(u64, usize, Result<Vec<String>, String>)>,
     identity_tx: mpsc::Sender<(String, Option<String>, Option<Ticket>)>,
     identities_in_flight: usize,
@@ -141,6 +141,8 @@ struct Coordinator {
     last_cursor: Option<i64>,
     last_flush: Instant,
     last_retry_scan: Instant,
+    /// When the last evaluation ended and how long it took; see [`Coordinator::evaluate_when_due`].
+    last_evaluation: Option<(Instant, Duration)>,
 }
 
 pub(crate) async fn run(
@@ -263,6 +265,7 @@ pub(crate) async fn run(
         last_cursor: cursor,
         last_flush: Instant::now(),
         last_retry_scan: Instant::now(),
+        last_evaluation: None,
     };
     coordinator.load(rows);
     coordinator.set_admin(admin);
@@ -483,10 +486,28 @@ impl Coordinator {
     }
 
     /// Re-evaluates the selector when something it depends on changed and every seed is known.
+    /// [`Coordinator::evaluate`] on a tick, unless the last evaluation ended less than four of its
+    /// own durations ago: a large selection is evaluated in full, and while every fetch adds
+    /// edges that would otherwise take most of the coordinator's time.
+    fn evaluate_when_due(&mut self) {
+        if let Some((ended, took)) = self.last_evaluation {
+            if ended.elapsed() < took * 4 {
+                return;
+            }
+        }
+        self.evaluate();
+    }
+
     fn evaluate(&mut self) {
         if !self.dirty || self.seeds.len() < self.seed_clauses {
             return;
         }
+        let started = Instant::now();
+        self.evaluate_now();
+        self.last_evaluation = Some((Instant::now(), started.elapsed()));
+    }
+
+    fn evaluate_now(&mut self) {
         self.dirty = false;
         let membership = butterfly_selector::evaluate(
             &self.rules.selector,
@@ -653,7 +674,7 @@ impl Coordinator {
         self.update_gauges();
     }
 
-    fn on_fetched(&mut self, did: String, result: Result<Fetched, String>) {
+    fn on_fetched(&mut self, did: String, result: Result<Fetched, FetchError>) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let Some(repo) = self.repos.get_mut(&did) else {
             self.schedule();
@@ -678,8 +699,10 @@ impl Coordinator {
                 let refetch = repo.refetch || retention_changed;
                 let buffered = std::mem::take(&mut repo.buffered);
                 self.dirty_rows.insert(repo.row.did.clone());
-                self.graph.set_repo(&did, fetched.edges);
-                self.dirty = true;
+                // A repo without walk edges, fetched again or for the first time, changes no tag.
+                if self.graph.set_repo(&did, fetched.edges) {
+                    self.dirty = true;
+                }
                 for event in buffered {
                     self.apply_live(event);
                 }
@@ -691,7 +714,22 @@ impl Coordinator {
                     self.resync(&did);
                 }
             }
-            Err(message) => {
+            Err(FetchError::Unavailable { status, message }) => {
+                // Asking again soon would get the same answer; an `#account` event saying the
+                // account is active again queues it at once, and the retry scan polls slowly.
+                tracing::info!(did, status, "the repo's host does not serve it");
+                repo.attempts = 0;
+                repo.phase = Phase::Failed;
+                repo.retry_at = Some(Instant::now() + self.config.retry_failed_after);
+                repo.row.state = SyncState::Failed;
+                repo.row.status = status.to_owned();
+                repo.row.error = Some(message);
+                for event in std::mem::take(&mut repo.buffered) {
+                    self.tickets.extend(event.ticket);
+                }
+                self.dirty_rows.insert(repo.row.did.clone());
+            }
+            Err(FetchError::Failed(message)) => {
                 self.stats.backfill_failures.fetch_add(1, Ordering::Relaxed);
                 repo.attempts += 1;
                 tracing::warn!(did, attempt = repo.attempts, %message, "backfill failed");
@@ -819,6 +857,10 @@ impl Coordinator {
                     // Back (a mistaken deletion undone): fetch what was cleared.
                     self.dirty_rows.insert(repo.row.did.clone());
                     repo.row.state = SyncState::Resync;
+                    self.resync(&did);
+                } else if active && repo.row.state == SyncState::Failed {
+                    // Perhaps its host refused it while it was deactivated: try now.
+                    self.dirty_rows.insert(repo.row.did.clone());
                     self.resync(&did);
                 } else {
                     self.dirty_rows.insert(repo.row.did.clone());
@@ -990,7 +1032,7 @@ impl Coordinator {
                 .already_applied
                 .store(sum(stale), Ordering::Relaxed);
         }
-        self.evaluate();
+        self.evaluate_when_due();
         let now = Instant::now();
         // A tick can come right after a flush that waited for the writer; batches written back to
         // back would be tiny, and each costs a commit. So a batch is written at most once per

@@ -20,13 +20,15 @@ impl Graph {
         graph
     }
 
-    /// Replaces a repo's edges (after a backfill).
-    pub(crate) fn set_repo(&mut self, did: &str, edges: Vec<Edge>) {
-        if edges.is_empty() {
-            self.by_did.remove(did);
+    /// Replaces a repo's edges (after a backfill); true if they changed, and with them perhaps
+    /// the selection.
+    pub(crate) fn set_repo(&mut self, did: &str, edges: Vec<Edge>) -> bool {
+        let old = if edges.is_empty() {
+            self.by_did.remove(did)
         } else {
-            self.by_did.insert(did.to_owned(), edges);
-        }
+            self.by_did.insert(did.to_owned(), edges)
+        };
+        old.as_deref().unwrap_or_default() != self.by_did.get(did).map_or(&[][..], Vec::as_slice)
     }
 
     pub(crate) fn remove_repo(&mut self, did: &str) {

@@ -6,8 +6,8 @@
 //!    backfilling; events of repos still being fetched wait in memory, their cursor tickets held.
 //! 3. Resolve the selector's seeds (handles, DIDs, XRPC discovery calls) and evaluate it to a
 //!    fixpoint: a repo's tags follow from seeds and from the walk edges of repos already fetched.
-//! 4. Backfill every selected repo with `getRepo` (spooled to a temporary file, never held in memory
-//!    whole), verify its commit and MST, keep what retention says, and record its walk edges.
+//! 4. Backfill every selected repo with `getRepo` (a large repo is spooled to a temporary file, never
+//!    held in memory whole), verify its commit and MST, keep what retention says, and record its walk edges.
 //! 5. Apply live commits as they are verified; every batch goes to the store in one transaction
 //!    together with the cursor, which never runs ahead of the data (see [`writer`]).
 //!
@@ -67,7 +67,7 @@ pub struct EngineConfig {
     pub retry_failed_after: Duration,
     /// Largest `getRepo` CAR accepted.
     pub max_repo_bytes: u64,
-    /// Where `getRepo` CARs are spooled (the system temp dir when `None`).
+    /// Where `getRepo` CARs larger than 8 MiB are spooled (the system temp dir when `None`).
     pub spool_dir: Option<PathBuf>,
     /// Allow loopback and private addresses (local test networks).
     pub allow_private_network: bool,

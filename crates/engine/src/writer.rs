@@ -147,8 +147,10 @@ impl Job {
         }
     }
 
-    /// A job carrying nothing but backfill chunks, which can merge with its neighbours.
-    fn backfill_only(&self) -> bool {
+    /// A job that can merge with its neighbours: backfill chunks, repo rows and kv entries, with
+    /// nothing waiting on it. Merged in order, such jobs leave the store as they would one by
+    /// one: chunks only add records and edges, and rows and kv entries keep the last write.
+    fn mergeable(&self) -> bool {
         match self {
             Job::Apply {
                 batch,
@@ -167,8 +169,8 @@ impl Job {
                     && batch.changes.is_empty()
                     && batch.edges_removed.is_empty()
                     && batch.edges_added.is_empty()
-                    && batch.repos.is_empty()
-                    && batch.kv.is_empty()
+                    && batch.events.is_empty()
+                    && batch.events_before.is_none()
             }
             Job::RecordKeys { .. } => false,
         }
@@ -189,8 +191,15 @@ pub(crate) struct Writer {
     failure: Arc<Mutex<Option<String>>>,
 }
 
-/// Merged backfill transactions stop growing past this many records.
-const MERGE_RECORDS: usize = 50_000;
+/// Merged backfill transactions stop growing past this many records: two of DuckDB's row groups
+/// (122,880 rows each). A transaction that appends whole row groups has them written straight
+/// to the database file, where smaller ones go through the write-ahead log first and are
+/// written again at the checkpoint.
+const MERGE_RECORDS: usize = 245_760;
+
+/// How long a merged backfill transaction waits for more jobs before it is written anyway.
+/// Only jobs nothing waits on are held back, and a job that cannot merge ends the wait.
+const MERGE_LINGER: Duration = Duration::from_millis(250);
 
 impl Writer {
     /// Starts the thread. It ends when every sender is gone, or at the first failed write.
@@ -206,6 +215,18 @@ impl Writer {
             .name("butterfly-store".into())
             .spawn(move || {
                 let mut next: Option<Job> = None;
+                // Only for timed waits on the queue while merging.
+                let timer = match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(timer) => timer,
+                    Err(error) => {
+                        *failure_slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("cannot start the store thread's timer: {error}"));
+                        return store;
+                    }
+                };
                 loop {
                     let job = match next.take() {
                         Some(job) => job,
@@ -214,16 +235,34 @@ impl Writer {
                             None => break,
                         },
                     };
-                    let job = if job.backfill_only() {
+                    let job = if job.mergeable() {
                         let mut merged = job;
+                        let deadline = Instant::now() + MERGE_LINGER;
                         while merged.records() < MERGE_RECORDS {
-                            match queue.try_recv() {
-                                Ok(more) if more.backfill_only() => merge(&mut merged, more),
-                                Ok(other) => {
+                            let more = match queue.try_recv() {
+                                Ok(more) => Some(more),
+                                Err(mpsc::error::TryRecvError::Empty) => {
+                                    let left = deadline.saturating_duration_since(Instant::now());
+                                    if left.is_zero() || merged.records() == 0 {
+                                        break;
+                                    }
+                                    // The timeout's timer must be made inside the runtime.
+                                    timer
+                                        .block_on(async {
+                                            tokio::time::timeout(left, queue.recv()).await
+                                        })
+                                        .ok()
+                                        .flatten()
+                                }
+                                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                            };
+                            match more {
+                                Some(more) if more.mergeable() => merge(&mut merged, more),
+                                Some(other) => {
                                     next = Some(other);
                                     break;
                                 }
-                                Err(_) => break,
+                                None => break,
                             }
                         }
                         merged
@@ -287,7 +326,10 @@ impl Writer {
 
 fn merge(into: &mut Job, more: Job) {
     if let (Job::Apply { batch, .. }, Job::Apply { batch: extra, .. }) = (into, more) {
+        let extra = *extra;
         batch.backfill.extend(extra.backfill);
+        batch.repos.extend(extra.repos);
+        batch.kv.extend(extra.kv);
     }
 }
 

@@ -28,7 +28,6 @@ use butterfly_store::{
 use duckdb::arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use duckdb::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use duckdb::arrow::record_batch::RecordBatch;
-use duckdb::types::Value;
 use duckdb::{params, params_from_iter, Connection};
 
 use crate::backend;
@@ -40,9 +39,6 @@ const KEYS_PER_STATEMENT: usize = 1000;
 
 /// DIDs per lookup of which repos have records; see [`delete_keys`].
 const DIDS_PER_LOOKUP: usize = 16;
-
-/// Repo rows per `INSERT` statement.
-const ROWS_PER_INSERT: usize = 100;
 
 /// Batches with fewer records than this are parsed on the calling thread.
 const PARSE_THREAD_MIN: usize = 512;
@@ -714,44 +710,55 @@ fn add_edges(conn: &Connection, edges: &BTreeSet<&Edge>) -> Result<(), Error> {
 }
 
 /// Inserts or replaces repo rows, the last of a DID winning.
+///
+/// The rows go through the appender into a temporary table and then into `repos` with one
+/// statement: binding an `INSERT ... VALUES` of many parameters costs DuckDB more than the write.
 fn upsert_repos(conn: &Connection, rows: &[RepoRow]) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let mut last: HashMap<&str, usize> = HashMap::new();
     for (idx, row) in rows.iter().enumerate() {
         last.insert(&row.did, idx);
     }
-    let rows: Vec<&RepoRow> = rows
-        .iter()
-        .enumerate()
-        .filter(|(idx, row)| last.get(row.did.as_str()) == Some(idx))
-        .map(|(_, row)| row)
-        .collect();
-    for part in rows.chunks(ROWS_PER_INSERT) {
-        let values = vec![
-            "(?, ?, ?, ?, ?, ?, ?, ?::JSON::VARCHAR[], make_timestamp(?)::TIMESTAMPTZ, ?)";
-            part.len()
-        ]
-        .join(", ");
-        let sql = format!("INSERT OR REPLACE INTO repos VALUES {values}");
-        let mut params: Vec<Value> = Vec::with_capacity(part.len() * 10);
-        for row in part {
-            let text = |value: &Option<String>| value.clone().map_or(Value::Null, Value::Text);
-            params.push(Value::Text(row.did.clone()));
-            params.push(text(&row.handle));
-            params.push(text(&row.pds));
-            params.push(Value::Text(row.status.clone()));
-            params.push(Value::Text(row.state.as_str().to_owned()));
-            params.push(text(&row.rev));
-            params.push(text(&row.data_cid));
-            params.push(Value::Text(
-                serde_json::Value::from(row.tags.clone()).to_string(),
-            ));
-            params.push(row.backfilled_at.map_or(Value::Null, Value::BigInt));
-            params.push(text(&row.error));
-        }
-        conn.execute(&sql, params_from_iter(params))
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS new_repos (did VARCHAR, handle VARCHAR, pds VARCHAR, \
+         status VARCHAR, state VARCHAR, rev VARCHAR, data_cid VARCHAR, tags VARCHAR, \
+         backfilled_at BIGINT, error VARCHAR)",
+    )
+    .map_err(backend("write repo rows"))?;
+    {
+        let mut appender = conn
+            .appender_to_catalog_and_db("new_repos", "temp", "main")
             .map_err(backend("write repo rows"))?;
+        for (idx, row) in rows.iter().enumerate() {
+            if last.get(row.did.as_str()) != Some(&idx) {
+                continue;
+            }
+            let tags = serde_json::Value::from(row.tags.clone()).to_string();
+            appender
+                .append_row(params![
+                    row.did,
+                    row.handle,
+                    row.pds,
+                    row.status,
+                    row.state.as_str(),
+                    row.rev,
+                    row.data_cid,
+                    tags,
+                    row.backfilled_at,
+                    row.error
+                ])
+                .map_err(backend("write repo rows"))?;
+        }
+        appender.flush().map_err(backend("write repo rows"))?;
     }
-    Ok(())
+    conn.execute_batch(
+        "INSERT OR REPLACE INTO repos SELECT did, handle, pds, status, state, rev, data_cid, \
+         tags::JSON::VARCHAR[], make_timestamp(backfilled_at)::TIMESTAMPTZ, error \
+         FROM temp.new_repos; DELETE FROM temp.new_repos;",
+    )
+    .map_err(backend("write repo rows"))
 }
 
 /// Sets and removes kv entries, the last for a key winning.

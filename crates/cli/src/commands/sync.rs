@@ -108,7 +108,7 @@ pub struct EngineArgs {
         env = "BUTTERFLY_PER_HOST"
     )]
     pub per_host: usize,
-    /// Where getRepo CARs are spooled while read (default: the system temp dir).
+    /// Where getRepo CARs over 8 MiB are spooled while read (default: the system temp dir).
     #[arg(long, value_name = "DIR", env = "BUTTERFLY_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
     #[command(flatten)]
