@@ -1,6 +1,11 @@
 //! Crash safety: `butterfly sync` into DuckDB, following the simulator, is killed with SIGKILL at
 //! 20 random moments and restarted each time; once it has caught up, the database equals the
 //! simulator's ground truth exactly: nothing lost, nothing applied twice, nothing left over.
+//!
+//! The default scale suits CI. Environment variables make it larger, for a release run:
+//! `BUTTERFLY_KILL_REPOS`, `BUTTERFLY_KILL_EVENTS`, `BUTTERFLY_KILL_RATE` (events/s the simulator
+//! serves), `BUTTERFLY_KILL_MAX_MS` (the longest run before a kill) and
+//! `BUTTERFLY_KILL_DEADLINE` (seconds to catch up afterwards); see `scripts/kill-at-scale.sh`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -11,9 +16,17 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use support::Running;
 
-const REPOS: u64 = 60;
-const EVENTS: i64 = 6000;
 const KILLS: usize = 20;
+
+/// A scale setting from the environment, or its CI default.
+fn setting(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, not {text:?}")),
+        Err(_) => default,
+    }
+}
 
 fn query(dir: &Path, sql: &str) -> Vec<Json> {
     let output = support::run(dir, &["query", "--db", "db.duckdb", "--json", sql]);
@@ -39,6 +52,11 @@ impl Lcg {
 
 #[test]
 fn killed_twenty_times_the_store_still_equals_the_ground_truth() {
+    let repos = setting("BUTTERFLY_KILL_REPOS", 60);
+    let events = setting("BUTTERFLY_KILL_EVENTS", 6000);
+    let rate = setting("BUTTERFLY_KILL_RATE", 600);
+    let max_run_ms = setting("BUTTERFLY_KILL_MAX_MS", 850).max(151);
+    let deadline = Duration::from_secs(setting("BUTTERFLY_KILL_DEADLINE", 120));
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     support::run(
@@ -47,9 +65,9 @@ fn killed_twenty_times_the_store_still_equals_the_ground_truth() {
             "sim",
             "firehose",
             "--repos",
-            &REPOS.to_string(),
+            &repos.to_string(),
             "--events",
-            &EVENTS.to_string(),
+            &events.to_string(),
             "--seed",
             "5",
             "--out",
@@ -60,7 +78,7 @@ fn killed_twenty_times_the_store_still_equals_the_ground_truth() {
             "expected.jsonl",
         ],
     );
-    let (server, ready) = support::serve(dir, &["--rate", "600"]);
+    let (server, ready) = support::serve(dir, &["--rate", &rate.to_string()]);
     let url = ready["url"].as_str().unwrap().to_owned();
     std::fs::write(
         dir.join("selector.json"),
@@ -89,16 +107,17 @@ fn killed_twenty_times_the_store_still_equals_the_ground_truth() {
     let mut random = Lcg(0x5eed);
     for _ in 0..KILLS {
         let sync = Running::start(dir, &sync_args);
-        std::thread::sleep(Duration::from_millis(150 + random.below(700)));
+        std::thread::sleep(Duration::from_millis(150 + random.below(max_run_ms - 150)));
         drop(sync); // SIGKILL
     }
 
     // Then let it catch up, stopping it cleanly now and then, until the stored cursor is the last
     // event's seq.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let window = (deadline / 20).max(Duration::from_secs(3));
+    let deadline = Instant::now() + deadline;
     loop {
         let sync = Running::start(dir, &sync_args);
-        std::thread::sleep(Duration::from_secs(3));
+        std::thread::sleep(window);
         sync.interrupt();
         let cursor = query(dir, "SELECT value FROM kv WHERE key = 'live.cursor'");
         // Repos the simulator left inactive may never have been fetchable: `failed` is allowed.
@@ -107,7 +126,7 @@ fn killed_twenty_times_the_store_still_equals_the_ground_truth() {
             "SELECT count(*) AS n FROM repos WHERE state NOT IN ('synced', 'failed')",
         );
         let caught_up =
-            cursor.first().and_then(|row| row["value"].as_str()) == Some(&EVENTS.to_string());
+            cursor.first().and_then(|row| row["value"].as_str()) == Some(&events.to_string());
         if caught_up && unsynced[0]["n"] == 0 {
             break;
         }

@@ -163,6 +163,18 @@ async fn backfill_then_live_equals_ground_truth() {
     let s = stats.snapshot();
     assert_eq!(s.rejected, 0, "{s:?}");
     assert!(s.live_changes > 0, "{s:?}");
+    // The simulator fails no request; a repo its host refused as inactive is not a failure to
+    // retry, and its row says why.
+    assert_eq!(s.backfill_failures, 0, "{s:?}");
+    for row in store.repos().expect("repos") {
+        if row.state == butterfly_store::SyncState::Failed {
+            assert_ne!(row.status, "active", "{row:?}");
+            assert!(
+                row.error.as_deref().is_some_and(|e| e.contains("getRepo")),
+                "{row:?}"
+            );
+        }
+    }
 
     // The stream: what was published is exactly the store's event log, in strictly increasing
     // time, one commit event per live change kept.
