@@ -589,6 +589,13 @@ pub(crate) fn synced_row(
     fetched: &Fetched,
 ) -> butterfly_store::RepoRow {
     row.state = SyncState::Synced;
+    // The host served it, so it no longer holds the account back (see `FetchError::Unavailable`).
+    if matches!(
+        row.status.as_str(),
+        "deactivated" | "takendown" | "suspended"
+    ) {
+        row.status = "active".into();
+    }
     row.rev = Some(fetched.rev.clone());
     row.data_cid = Some(fetched.data.clone());
     row.pds = fetched.pds.clone();

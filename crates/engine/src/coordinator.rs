@@ -718,9 +718,21 @@ impl Coordinator {
                 // Asking again soon would get the same answer; an `#account` event saying the
                 // account is active again queues it at once, and the retry scan polls slowly.
                 tracing::info!(did, status, "the repo's host does not serve it");
+                // Unless the account came back while it was fetched: then at the next retry scan.
+                let back = repo.buffered.iter().any(|event| {
+                    matches!(
+                        event.body,
+                        LiveBody::Account { active: true, .. } | LiveBody::Commit { .. }
+                    )
+                });
+                let wait = if back {
+                    Duration::ZERO
+                } else {
+                    self.config.retry_failed_after
+                };
                 repo.attempts = 0;
                 repo.phase = Phase::Failed;
-                repo.retry_at = Some(Instant::now() + self.config.retry_failed_after);
+                repo.retry_at = Some(Instant::now() + wait);
                 repo.row.state = SyncState::Failed;
                 repo.row.status = status.to_owned();
                 repo.row.error = Some(message);

@@ -6,8 +6,9 @@
 //! only after that batch commits, so the low-water mark, and thus any cursor written later, never
 //! passes data that is not durable.
 //!
-//! Consecutive backfill-only jobs are merged into one transaction, so that many small repos do not
-//! cost one commit each.
+//! Consecutive jobs that nothing waits on (backfill chunks, repo rows, kv entries) are merged into
+//! one transaction of up to two DuckDB row groups, waiting up to 250 ms for more, so that many
+//! small repos do not cost one commit each and DuckDB writes whole row groups straight to its file.
 
 use crate::{Error, Stats};
 use butterfly_firehose::{LowWaterMark, Ticket};
