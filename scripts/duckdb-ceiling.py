@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""How fast DuckDB itself takes records into Butterfly's `records` table on this machine.
+
+Makes 1,000,000 post-like rows in a temporary table, then copies them into a fresh `records`
+table with `INSERT ... SELECT` in transactions of a given size, with and without the table's two
+indexes, and prints rows/s. No Butterfly code runs: this is the ceiling a backfill into DuckDB
+can approach. Needs `pip install duckdb==1.5.6`.
+
+Usage: scripts/duckdb-ceiling.py [ROWS]
+"""
+import os
+import sys
+import tempfile
+import time
+
+import duckdb
+
+ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+INDEXES = ["CREATE INDEX records_did ON records (did)", "CREATE INDEX records_rid ON records (rid)"]
+
+
+def run(label, indexes, batch_rows, folder):
+    path = os.path.join(folder, f"ceiling-{label}-{batch_rows}.duckdb")
+    con = duckdb.connect(path)
+    con.execute("SET checkpoint_threshold = '256MB'")
+    con.execute(
+        "CREATE TABLE records (did VARCHAR NOT NULL, collection VARCHAR NOT NULL, "
+        "rkey VARCHAR NOT NULL, cid VARCHAR NOT NULL, rev VARCHAR NOT NULL, record JSON NOT NULL, "
+        "indexed_at TIMESTAMPTZ NOT NULL, rid BIGINT NOT NULL)"
+    )
+    for statement in indexes:
+        con.execute(statement)
+    con.execute(
+        f"""CREATE TEMP TABLE source AS SELECT
+          'did:plc:' || md5((i // 40)::VARCHAR)[:24] AS did, 'app.bsky.feed.post' AS collection,
+          '3l' || md5(i::VARCHAR)[:11] AS rkey, 'bafyrei' || md5(i::VARCHAR) || md5((i + 1)::VARCHAR) AS cid,
+          '3labcdefghijk' AS rev,
+          '{{"$type":"app.bsky.feed.post","text":"' || md5(i::VARCHAR) || repeat(' hello world', 15)
+            || '","createdAt":"2024-01-01T00:00:00.000Z"}}' AS record,
+          now() AS indexed_at, (hash(i) >> 1)::BIGINT AS rid, i // {batch_rows} AS part
+        FROM range({ROWS}) t(i)"""
+    )
+    parts = con.execute("SELECT max(part) + 1 FROM source").fetchone()[0]
+    started = time.time()
+    for part in range(parts):
+        con.execute("BEGIN")
+        con.execute(f"INSERT INTO records SELECT * EXCLUDE (part) FROM source WHERE part = {part}")
+        con.execute("COMMIT")
+    con.execute("CHECKPOINT")
+    seconds = time.time() - started
+    con.close()
+    print(f"{label:>10}  {batch_rows:>9,} rows per transaction  {ROWS / seconds:>10,.0f} rows/s", flush=True)
+
+
+with tempfile.TemporaryDirectory() as folder:
+    for batch_rows in (50_000, 245_760):
+        run("indexes", INDEXES, batch_rows, folder)
+        run("no index", [], batch_rows, folder)
