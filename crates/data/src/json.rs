@@ -112,9 +112,16 @@ impl Value {
     }
 }
 
-/// A JSON string literal, escaped as `serde_json` escapes: `"`, `\\`, and control characters
-/// (the usual short forms, else `\u00XX`); everything else as it is.
-fn write_json_string(out: &mut String, text: &str) {
+/// `text` as a JSON string literal.
+pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    write_json_string(&mut out, text);
+    out
+}
+
+/// Appends `text` as a JSON string literal, escaped as `serde_json` escapes: `"`, `\\`, and
+/// control characters (the usual short forms, else `\u00XX`); everything else as it is.
+pub fn write_json_string(out: &mut String, text: &str) {
     out.push('"');
     let mut plain = 0;
     for (i, byte) in text.bytes().enumerate() {

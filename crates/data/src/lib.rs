@@ -34,6 +34,7 @@ mod value;
 
 pub use blob::Blob;
 pub use cid::Cid;
+pub use json::{json_string, write_json_string};
 pub use value::{Map, Value};
 
 use sha2::{Digest, Sha256};

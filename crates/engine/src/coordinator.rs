@@ -485,7 +485,6 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Re-evaluates the selector when something it depends on changed and every seed is known.
     /// [`Coordinator::evaluate`] on a tick, unless the last evaluation ended less than four of its
     /// own durations ago: a large selection is evaluated in full, and while every fetch adds
     /// edges that would otherwise take most of the coordinator's time.
@@ -498,16 +497,12 @@ impl Coordinator {
         self.evaluate();
     }
 
+    /// Re-evaluates the selector when something it depends on changed and every seed is known.
     fn evaluate(&mut self) {
         if !self.dirty || self.seeds.len() < self.seed_clauses {
             return;
         }
         let started = Instant::now();
-        self.evaluate_now();
-        self.last_evaluation = Some((Instant::now(), started.elapsed()));
-    }
-
-    fn evaluate_now(&mut self) {
         self.dirty = false;
         let membership = butterfly_selector::evaluate(
             &self.rules.selector,
@@ -566,6 +561,7 @@ impl Coordinator {
             }
         }
         self.update_gauges();
+        self.last_evaluation = Some((Instant::now(), started.elapsed()));
     }
 
     /// A repo left the selection: its data goes (after a running fetch).
@@ -1355,7 +1351,7 @@ fn event_time(micros: Option<i64>) -> String {
 
 /// The `commit` object of a Jetstream commit event for one op.
 fn commit_notice(did: &str, rev: &str, op: &live::LiveOp) -> Notice {
-    let quote = |text: &str| serde_json::Value::String(text.to_owned()).to_string();
+    let quote = butterfly_data::json_string;
     let mut body = format!(
         "{{\"rev\":{},\"operation\":\"{}\",\"collection\":{},\"rkey\":{}",
         quote(rev),

@@ -80,7 +80,7 @@ impl EventLog {
             let kind = notice.kind.as_str();
             let json = format!(
                 "{{\"did\":{},\"time_us\":{time_us},\"kind\":\"{kind}\",\"{kind}\":{}}}",
-                serde_json::Value::String(notice.did.clone()),
+                butterfly_data::json_string(&notice.did),
                 notice.body
             );
             let event = StreamEvent {

@@ -735,7 +735,8 @@ fn upsert_repos(conn: &Connection, rows: &[RepoRow]) -> Result<(), Error> {
             if last.get(row.did.as_str()) != Some(&idx) {
                 continue;
             }
-            let tags = serde_json::Value::from(row.tags.clone()).to_string();
+            let tags = serde_json::to_string(&row.tags)
+                .map_err(|e| Error::Backend(format!("write repo rows: {e}")))?;
             appender
                 .append_row(params![
                     row.did,
