@@ -1,17 +1,15 @@
 //! `butterfly serve`: the sync engine and the HTTP API in one process, or, without a selector,
 //! the HTTP API over an existing database, read-only.
 
-use super::sync::{show_progress, EngineArgs, OutputArgs, DEFAULT_DB};
+use super::sync::{read_selector, show_progress, EngineArgs, OutputArgs, DEFAULT_DB};
 use anyhow::{bail, Context};
 use butterfly_engine::{Engine, LiveSource};
-use butterfly_selector::Selector;
 use butterfly_serve::subscribe::SubscribeConfig;
 use butterfly_serve::webhook::{FileCursor, Webhook, WebhookConfig};
 use butterfly_serve::{EngineLink, EventFeed, ReadPool, ServeConfig};
 use butterfly_store::Store;
 use butterfly_store_duckdb::DuckDbStore;
 use clap::Args;
-use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,82 +89,85 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let selector = match &args.selector {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let selector = Selector::from_json(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let selector = read_selector(path)?;
             if args.engine.live() == LiveSource::None {
                 bail!("give --relay URL or --jetstream URL for the engine to follow");
             }
-            Some((selector, hex::encode(Sha256::digest(text.as_bytes()))))
+            Some(selector)
         }
         None => None,
     };
-    if selector.is_none() && args.webhook.is_some() {
-        bail!("--webhook needs a selector: a read-only server has no new events to send");
+    if args.webhook.is_some() {
+        if selector.is_none() {
+            bail!("--webhook needs a selector: a read-only server has no new events to send");
+        }
+        if event_log.is_none() {
+            bail!("--webhook needs the event log: give --event-log a duration above 0");
+        }
     }
-    let readers = args.readers.max(1);
-    let (writer, read_connections): (Option<DuckDbStore>, Vec<Box<dyn Store>>) =
-        if selector.is_some() {
-            let store = DuckDbStore::open(&args.db)
-                .with_context(|| format!("opening the database {}", args.db.display()))?;
-            let started = std::time::Instant::now();
-            store.ensure_backlink_index()?;
-            if started.elapsed() > Duration::from_secs(1) {
-                tracing::info!(
-                    seconds = started.elapsed().as_secs_f64(),
-                    "indexed links by target for backlinks"
-                );
-            }
-            let mut connections: Vec<Box<dyn Store>> = Vec::new();
-            for _ in 0..readers {
-                connections.push(Box::new(store.try_clone()?));
-            }
-            (Some(store), connections)
-        } else {
-            let store = DuckDbStore::open_read_only(&args.db)
-                .with_context(|| format!("opening the database {} read-only", args.db.display()))?;
-            let mut connections: Vec<Box<dyn Store>> = Vec::new();
-            for _ in 1..readers {
-                connections.push(Box::new(store.try_clone()?));
-            }
-            connections.push(Box::new(store));
-            (None, connections)
-        };
+    let store = if selector.is_some() {
+        let store = DuckDbStore::open(&args.db)
+            .with_context(|| format!("opening the database {}", args.db.display()))?;
+        let started = std::time::Instant::now();
+        store.ensure_backlink_index()?;
+        let seconds = started.elapsed().as_secs_f64();
+        if seconds > 1.0 {
+            tracing::info!(seconds, "indexed links by target for backlinks");
+        }
+        store
+    } else {
+        DuckDbStore::open_read_only(&args.db)
+            .with_context(|| format!("opening the database {} read-only", args.db.display()))?
+    };
+    // Read connections share the database; a read-only server reads on the store itself too.
+    let mut read_connections: Vec<Box<dyn Store>> = Vec::new();
+    for _ in 1..args.readers.max(1) {
+        read_connections.push(Box::new(store.try_clone()?));
+    }
+    let writer = match selector {
+        Some(selector) => {
+            read_connections.push(Box::new(store.try_clone()?));
+            Some((selector, store))
+        }
+        None => {
+            read_connections.push(Box::new(store));
+            None
+        }
+    };
     let pool = ReadPool::new(read_connections);
 
     let runtime = super::network::streaming_runtime()?;
     butterfly_serve::metrics::handle();
     runtime.block_on(async move {
+        // Bound first, so that a busy port fails before anything syncs.
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let address = listener.local_addr()?;
         let directory = args.engine.identity.directory()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let mut engine_task: Option<tokio::task::JoinHandle<Result<Box<dyn Store>, butterfly_engine::Error>>> = None;
+        let mut engine = None;
         let mut link = None;
         let mut feed = None;
-        let mut progress = None;
-        if let (Some((selector, origin)), Some(store)) = (selector, writer) {
+        if let Some(((selector, origin), store)) = writer {
             let mut config = args.engine.config(false);
             config.event_log = event_log;
             config.selector_origin = Some(origin);
-            let engine = Engine::new(config, selector, Box::new(store), directory.clone());
+            let new = Engine::new(config, selector, Box::new(store), directory.clone());
             link = Some(EngineLink {
-                control: engine.control(),
-                stats: engine.stats(),
+                control: new.control(),
+                stats: new.stats(),
             });
             if event_log.is_some() {
                 feed = Some(EventFeed {
-                    live: engine.events(),
+                    live: new.events(),
                     log: Arc::new(pool.clone()),
                 });
             }
-            if !args.output.quiet {
-                progress = Some(tokio::spawn(show_progress(engine.stats(), false)));
-            }
-            let shutdown = stopped(stop_rx.clone());
-            engine_task = Some(tokio::spawn(engine.run(shutdown)));
+            engine = Some(new);
         } else if event_log.is_some() {
             // Read-only: the stream replays what the log holds; nothing new arrives.
             let (live, _) = tokio::sync::broadcast::channel(16);
@@ -175,22 +176,21 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 log: Arc::new(pool.clone()),
             });
         }
-        let mut webhook_task = None;
-        if let (Some(url), Some(feed)) = (&args.webhook, &feed) {
-            let mut config = WebhookConfig::new(url.clone());
-            config.secret = args.webhook_secret.clone();
-            config.allow_private_network = args.engine.identity.network.allow_private_network;
-            let mut cursor_path = args.db.clone().into_os_string();
-            cursor_path.push(".webhook-cursor");
-            let webhook = Webhook::new(
-                config,
-                feed.clone(),
-                Arc::new(FileCursor::new(PathBuf::from(cursor_path))),
-            )?;
-            webhook_task = Some(tokio::spawn(webhook.run(stopped(stop_rx.clone()))));
-        } else if args.webhook.is_some() {
-            bail!("--webhook needs the event log: give --event-log a duration above 0");
-        }
+        let webhook = match (&args.webhook, &feed) {
+            (Some(url), Some(feed)) => {
+                let mut config = WebhookConfig::new(url.clone());
+                config.secret = args.webhook_secret.clone();
+                config.allow_private_network = args.engine.identity.network.allow_private_network;
+                let mut cursor_path = args.db.clone().into_os_string();
+                cursor_path.push(".webhook-cursor");
+                Some(Webhook::new(
+                    config,
+                    feed.clone(),
+                    Arc::new(FileCursor::new(PathBuf::from(cursor_path))),
+                )?)
+            }
+            _ => None,
+        };
         let app = butterfly_serve::router(ServeConfig {
             readers: pool,
             admin_token: args.admin_token.clone(),
@@ -200,21 +200,30 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             subscribe: SubscribeConfig::default(),
             request_timeout: Duration::from_secs(30),
         });
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        let address = listener.local_addr()?;
-        // One line on stdout, for scripts and tests: where the server listens.
-        println!(
-            "{}",
-            serde_json::json!({"listening": format!("http://{address}"), "read_only": engine_task.is_none()})
-        );
-        let server = tokio::spawn(butterfly_serve::serve(
+
+        let read_only = engine.is_none();
+        let progress = match &engine {
+            Some(engine) if !args.output.quiet => {
+                Some(tokio::spawn(show_progress(engine.stats(), false)))
+            }
+            _ => None,
+        };
+        let mut engine_task =
+            engine.map(|engine| tokio::spawn(engine.run(stopped(stop_rx.clone()))));
+        let mut webhook_task =
+            webhook.map(|webhook| tokio::spawn(webhook.run(stopped(stop_rx.clone()))));
+        let mut server = tokio::spawn(butterfly_serve::serve(
             listener,
             app,
             stopped(stop_rx.clone()),
         ));
-        // Stop on Ctrl-C or SIGTERM, or when the engine fails. An engine that ends cleanly (a
+        // One line on stdout, for scripts and tests: where the server listens.
+        println!(
+            "{}",
+            serde_json::json!({"listening": format!("http://{address}"), "read_only": read_only})
+        );
+
+        // Run until Ctrl-C or SIGTERM, or until a part fails. An engine that ends cleanly (a
         // replayed frame log ran out) leaves the API serving what it wrote.
         let interrupted = async {
             let mut term =
@@ -230,47 +239,83 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         };
         tokio::pin!(interrupted);
-        let engine_result = match engine_task {
-            Some(mut task) => tokio::select! {
-                _ = &mut interrupted => {
-                    let _ = stop_tx.send(true);
-                    Some(task.await)
-                }
-                result = &mut task => {
-                    if matches!(result, Ok(Ok(_))) {
-                        tracing::warn!("the live source ended; serving what was written until interrupted");
-                        (&mut interrupted).await;
+        let mut engine_result = None;
+        let mut failure: Option<anyhow::Error> = None;
+        let mut server_done = false;
+        loop {
+            tokio::select! {
+                _ = &mut interrupted => break,
+                result = finished(engine_task.as_mut()) => {
+                    engine_task = None;
+                    let clean = matches!(result, Ok(Ok(_)));
+                    engine_result = Some(result);
+                    if !clean {
+                        break;
                     }
-                    let _ = stop_tx.send(true);
-                    Some(result)
+                    tracing::warn!("the live source ended; serving what was written until interrupted");
                 }
-            },
-            None => {
-                interrupted.await;
-                let _ = stop_tx.send(true);
-                None
+                result = &mut server => {
+                    server_done = true;
+                    failure = Some(match result {
+                        Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped"),
+                        Ok(Err(error)) => anyhow::Error::from(error).context("the HTTP server failed"),
+                        Err(error) => anyhow::anyhow!("the HTTP server task failed: {error}"),
+                    });
+                    break;
+                }
+                result = finished(webhook_task.as_mut()) => {
+                    webhook_task = None;
+                    failure = Some(match result {
+                        Ok(Ok(())) => anyhow::anyhow!("webhook delivery stopped"),
+                        Ok(Err(error)) => anyhow::Error::from(error).context("webhook delivery failed"),
+                        Err(error) => anyhow::anyhow!("the webhook task failed: {error}"),
+                    });
+                    break;
+                }
             }
-        };
+        }
+        let _ = stop_tx.send(true);
+        if let Some(task) = engine_task {
+            // The engine finishes the batch it is writing; that is not cut short.
+            engine_result = Some(task.await);
+        }
         if let Some(progress) = progress {
             progress.abort();
         }
         if let Some(task) = webhook_task {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(%error, "webhook"),
-                Err(error) => tracing::error!(%error, "webhook task"),
+            match tokio::time::timeout(Duration::from_secs(5), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => tracing::error!(%error, "webhook"),
+                Ok(Err(error)) => tracing::error!(%error, "webhook task"),
+                Err(_) => tracing::warn!("webhook delivery still busy after 5 s; left"),
             }
         }
         // Open WebSockets hold a graceful shutdown up; they get a few seconds.
-        if tokio::time::timeout(Duration::from_secs(5), server).await.is_err() {
-            tracing::warn!("connections still open after 5 s; closing them");
+        if !server_done {
+            match tokio::time::timeout(Duration::from_secs(5), server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => tracing::error!(%error, "the HTTP server"),
+                Ok(Err(error)) => tracing::error!(%error, "the HTTP server task"),
+                Err(_) => tracing::warn!("connections still open after 5 s; closing them"),
+            }
         }
         match engine_result {
-            Some(Ok(Ok(_))) | None => Ok(()),
-            Some(Ok(Err(error))) => Err(anyhow::Error::from(error)),
-            Some(Err(error)) => Err(anyhow::anyhow!("the engine task failed: {error}")),
+            Some(Ok(Err(error))) => return Err(anyhow::Error::from(error)),
+            Some(Err(error)) => return Err(anyhow::anyhow!("the engine task failed: {error}")),
+            Some(Ok(Ok(_))) | None => {}
         }
+        failure.map_or(Ok(()), Err)
     })
+}
+
+/// A task's result, or never when there is no task: a `select!` branch for an optional task.
+async fn finished<T>(
+    task: Option<&mut tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use butterfly_selector::Selector;
 use butterfly_store::{StdoutStore, Store};
 use butterfly_store_duckdb::DuckDbStore;
 use clap::Args;
+use sha2::{Digest, Sha256};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -248,17 +249,25 @@ fn open_store(spec: Option<&str>) -> anyhow::Result<(Box<dyn Store>, bool)> {
     Ok((Box::new(store), false))
 }
 
+/// Reads and checks a selector document. Also returns its origin (the SHA-256 of the text), by
+/// which the engine knows whether a selector installed through the admin API replaced this one.
+pub fn read_selector(path: &Path) -> anyhow::Result<(Selector, String)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let selector =
+        Selector::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((selector, hex::encode(Sha256::digest(text.as_bytes()))))
+}
+
 pub fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
     args.output.init_logging();
-    let text = std::fs::read_to_string(&args.selector)
-        .with_context(|| format!("reading {}", args.selector.display()))?;
-    let selector = Selector::from_json(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.selector.display()))?;
+    let (selector, origin) = read_selector(&args.selector)?;
     let (store, to_stdout) = open_store(args.store.as_deref())?;
     if !args.once && args.engine.live() == LiveSource::None {
         bail!("give --relay URL or --jetstream URL to follow the network live, or --once to backfill and exit");
     }
-    let config = args.engine.config(args.once);
+    let mut config = args.engine.config(args.once);
+    config.selector_origin = Some(origin);
     let runtime = super::network::streaming_runtime()?;
     runtime.block_on(async {
         let directory = args.engine.identity.directory()?;
