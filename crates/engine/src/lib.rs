@@ -270,12 +270,7 @@ impl Engine {
     }
 }
 
-/// Now, in µs since the Unix epoch.
-pub(crate) fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
+pub(crate) use butterfly_store::now_micros;
 
 /// The kv key of the stream cursor, and of the source it belongs to.
 pub(crate) const CURSOR_KEY: &str = "live.cursor";

@@ -81,6 +81,9 @@ pub enum ReadError {
 /// Events per log page while replaying.
 const REPLAY_PAGE: usize = 1000;
 
+/// A page being read from the log on a blocking thread.
+type PageRead = tokio::task::JoinHandle<Result<Vec<StreamEvent>, String>>;
+
 /// Reads events after a cursor: from the log while behind, then from the live tail.
 pub struct EventReader {
     feed: EventFeed,
@@ -91,6 +94,10 @@ pub struct EventReader {
     /// Set when the live tail dropped events for this reader; until [`EventReader::resume_from_log`]
     /// every call reports it, so that no caller skips the gap unawares.
     lagged: Option<u64>,
+    /// A page read from the log (of events after `after`) that a cancelled call left running:
+    /// the next call takes its result instead of reading the page again.
+    /// Also the page's size limit.
+    pending: Option<(usize, PageRead)>,
 }
 
 impl EventReader {
@@ -104,6 +111,7 @@ impl EventReader {
             after: cursor.unwrap_or(i64::MAX),
             replaying: cursor.is_some(),
             lagged: None,
+            pending: None,
         }
     }
 
@@ -135,16 +143,27 @@ impl EventReader {
             return Err(Lagged { missed }.into());
         }
         while self.replaying {
-            let log = self.feed.log.clone();
-            let after = self.after;
-            let limit = max.min(REPLAY_PAGE);
-            let page = tokio::task::spawn_blocking(move || log.events_after(after, limit))
-                .await
+            let (limit, read) = self.pending.get_or_insert_with(|| {
+                let log = self.feed.log.clone();
+                let after = self.after;
+                let limit = max.min(REPLAY_PAGE);
+                (
+                    limit,
+                    tokio::task::spawn_blocking(move || log.events_after(after, limit)),
+                )
+            });
+            let limit = *limit;
+            let page = read.await;
+            self.pending = None;
+            let mut page = page
                 .map_err(|e| ReadError::Log(format!("the log reader failed: {e}")))?
                 .map_err(ReadError::Log)?;
             if page.len() < limit {
                 self.replaying = false;
             }
+            // A page a cancelled call asked for may be longer than this call wants; the rest is
+            // read again next time.
+            page.truncate(max);
             if let Some(last) = page.last() {
                 self.after = last.time_us;
                 return Ok(page.into_iter().map(Arc::new).collect());

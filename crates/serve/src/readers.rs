@@ -105,18 +105,26 @@ impl ReadPool {
         &self,
         read: impl FnOnce(&dyn Store) -> Result<T, butterfly_store::Error> + Send + 'static,
     ) -> Result<T, ReadError> {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| ReadError::Task("the pool is closed".into()))?;
         let idle = self.idle.clone();
-        tokio::task::spawn_blocking(move || idle.with(read).map_err(ReadError::from))
-            .await
-            .map_err(|e| ReadError::Task(e.to_string()))?
+        // The permit goes with the read: a request that times out drops this future, but the
+        // blocking read runs on, holding its connection, and must still count.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            idle.with(read).map_err(ReadError::from)
+        })
+        .await
+        .map_err(|e| ReadError::Task(e.to_string()))?
     }
 }
 
+/// Called on a blocking thread already (see [`crate::feed`]), one per subscriber or webhook
+/// catching up at most, so it waits for a connection without a permit.
 impl EventLog for ReadPool {
     fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, String> {
         self.idle

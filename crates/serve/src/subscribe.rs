@@ -47,7 +47,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The zstd dictionary Jetstream compresses with; the stream crate vendors it (see
 /// `crates/stream/data/README.md`) and its client decodes with the same file.
@@ -145,7 +145,7 @@ async fn subscribe(
         query.as_deref().unwrap_or(""),
         &headers,
         &shared.config,
-        now_us(),
+        butterfly_store::now_micros(),
     ) {
         Ok(request) => request,
         Err(message) => return error(StatusCode::BAD_REQUEST, "InvalidRequest", &message),
@@ -176,14 +176,6 @@ fn error(status: StatusCode, error: &str, message: &str) -> Response {
         Json(serde_json::json!({"error": error, "message": message})),
     )
         .into_response()
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
-        })
 }
 
 /// A place among [`SubscribeConfig::max_connections`], given back when dropped.
@@ -305,13 +297,13 @@ impl Filters {
                     Ok(pattern) => wanted.push(pattern),
                     Err(error) => return Err(format!("{what} {collection:?}: {error}")),
                 }
-            }
-            let count = wanted.len();
-            if count > config.max_wanted_collections {
-                return Err(format!(
-                    "too many wanted collections: {count}, at most {}",
-                    config.max_wanted_collections
-                ));
+                // Checked as it grows, so that a huge list costs no more than a short one.
+                if wanted.len() > config.max_wanted_collections {
+                    return Err(format!(
+                        "too many wanted collections: more than {}",
+                        config.max_wanted_collections
+                    ));
+                }
             }
             Some(wanted)
         };

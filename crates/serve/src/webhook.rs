@@ -30,7 +30,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::time::Instant;
 use url::Url;
 
@@ -526,7 +526,7 @@ impl Webhook {
         if last == 0 {
             return;
         }
-        let lag_us = now_us().saturating_sub(last).max(0);
+        let lag_us = butterfly_store::now_micros().saturating_sub(last).max(0);
         metrics::gauge!("butterfly_webhook_lag_seconds").set(lag_us as f64 / 1e6);
     }
 }
@@ -596,20 +596,7 @@ fn batch_body(events: &[Arc<StreamEvent>]) -> String {
 }
 
 fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
-    text
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since| i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    hex::encode(bytes)
 }
 
 #[cfg(test)]

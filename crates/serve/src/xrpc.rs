@@ -90,7 +90,7 @@ pub(crate) async fn list_records(
     body.push(']');
     if let Some(cursor) = next {
         body.push_str(",\"cursor\":");
-        body.push_str(&quote(&cursor));
+        body.push_str(&butterfly_data::json_string(&cursor));
     }
     body.push('}');
     Ok(json_response(body))
@@ -223,15 +223,10 @@ fn record_view(record: &Record) -> String {
     let uri = format!("at://{}/{}/{}", record.did, record.collection, record.rkey);
     format!(
         "{{\"uri\":{},\"cid\":{},\"value\":{}}}",
-        quote(&uri),
-        quote(&record.cid),
+        butterfly_data::json_string(&uri),
+        butterfly_data::json_string(&record.cid),
         record.json
     )
-}
-
-/// A JSON string literal.
-fn quote(text: &str) -> String {
-    Value::String(text.to_owned()).to_string()
 }
 
 fn json_response(body: String) -> Response {

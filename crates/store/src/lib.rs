@@ -26,6 +26,15 @@ use serde::Serialize;
 /// A time in microseconds since the Unix epoch.
 pub type Micros = i64;
 
+/// Now, in µs since the Unix epoch (0 before it, `i64::MAX` past 292,000 AD).
+pub fn now_micros() -> Micros {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            Micros::try_from(since.as_micros()).unwrap_or(Micros::MAX)
+        })
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
