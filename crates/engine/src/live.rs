@@ -269,11 +269,10 @@ fn live_op(op: &RepoOp, blocks: Option<&butterfly_repo::CarSlice>) -> Option<Liv
         RepoOp::Update { cid, .. } => (Action::Update, Some(cid)),
         RepoOp::Delete { .. } => (Action::Delete, None),
     };
-    let record = cid
+    let value = cid
         .and_then(|cid| blocks?.get(cid))
-        .and_then(|bytes| Value::from_cbor(bytes).ok())
-        .map(|value| value.to_json());
-    if action != Action::Delete && record.is_none() {
+        .and_then(|bytes| Value::from_cbor(bytes).ok());
+    if action != Action::Delete && value.is_none() {
         return None;
     }
     Some(LiveOp {
@@ -281,8 +280,8 @@ fn live_op(op: &RepoOp, blocks: Option<&butterfly_repo::CarSlice>) -> Option<Liv
         rkey: rkey.to_owned(),
         action,
         cid: cid.map(|c| c.to_string()),
-        json: record.as_ref().map(|r| r.to_string()),
-        record,
+        json: value.as_ref().map(Value::to_json_string),
+        record: value.as_ref().map(Value::to_json),
     })
 }
 

@@ -52,15 +52,18 @@ pub(crate) fn events_after(
         )
         .map_err(backend("read the event log"))?;
     let rows = statement
-        .query_map(params![after, limit as i64], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, Option<String>>(3)?,
-                row.get::<_, String>(4)?,
-            ))
-        })
+        .query_map(
+            params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, String>(4)?,
+                ))
+            },
+        )
         .map_err(backend("read the event log"))?;
     let mut events = Vec::new();
     for row in rows {
@@ -301,22 +304,49 @@ pub(crate) fn list_records(
     } else {
         "collection = ?".to_owned()
     };
-    // No LIMIT here: DuckDB plans ORDER BY with LIMIT as a top-N with late materialisation,
-    // which scans the whole table instead of the index. Rows past the page are not read.
+    // First the page's rkeys, sorting only keys (a collection may hold millions of records);
+    // then the page's records by rid. No LIMIT: DuckDB plans ORDER BY with LIMIT as a top-N that
+    // scans the whole table instead of the index; rows past the page are not read.
     let sql = format!(
-        "SELECT {RECORD_COLUMNS} FROM {} WHERE {condition} ORDER BY rkey {order}",
-        repo_rows("*")
+        "SELECT rkey FROM {} WHERE {condition} ORDER BY rkey {order}",
+        repo_rows("collection, rkey")
     );
     let mut statement = conn.prepare(&sql).map_err(backend("list records"))?;
-    match page.cursor {
+    let rkeys: Vec<String> = match page.cursor {
         Some(cursor) => statement
-            .query_map(params![did, collection, cursor], record_from)
+            .query_map(params![did, collection, cursor], |row| row.get(0))
             .and_then(|rows| rows.take(page.limit).collect()),
         None => statement
-            .query_map(params![did, collection], record_from)
+            .query_map(params![did, collection], |row| row.get(0))
             .and_then(|rows| rows.take(page.limit).collect()),
     }
-    .map_err(backend("list records"))
+    .map_err(backend("list records"))?;
+    if rkeys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rids: Vec<String> = rkeys
+        .iter()
+        .map(|rkey| record_id(did, collection, rkey).to_string())
+        .collect();
+    let mut statement = conn
+        .prepare(&format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE rid IN ({})",
+            rids.join(", ")
+        ))
+        .map_err(backend("list records"))?;
+    let mut by_rkey: std::collections::HashMap<String, Record> = statement
+        .query_map([], record_from)
+        .and_then(Iterator::collect::<Result<Vec<Record>, _>>)
+        .map_err(backend("list records"))?
+        .into_iter()
+        // Another key may share a rid.
+        .filter(|record| record.did == did && record.collection == collection)
+        .map(|record| (record.rkey.clone(), record))
+        .collect();
+    Ok(rkeys
+        .iter()
+        .filter_map(|rkey| by_rkey.remove(rkey))
+        .collect())
 }
 
 /// A query over the links to `target` (optionally of one collection and path): a `WITH` that

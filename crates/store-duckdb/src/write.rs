@@ -675,20 +675,42 @@ fn collision_victims(
     Ok(victims)
 }
 
+/// Moves rows into a table through a temporary one: `create` makes the temporary table `name` on
+/// first use, `fill` appends the rows to it, and `merge` moves them on (`INSERT ... SELECT`).
+/// Binding one statement per row, or one `VALUES` list of many parameters, costs DuckDB more
+/// than the write itself.
+fn through_temp_table(
+    conn: &Connection,
+    (create, name, merge): (&str, &str, &str),
+    what: &'static str,
+    fill: impl FnOnce(&mut duckdb::Appender<'_>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    conn.execute_batch(create).map_err(backend(what))?;
+    {
+        let mut appender = conn
+            .appender_to_catalog_and_db(name, "temp", "main")
+            .map_err(backend(what))?;
+        fill(&mut appender)?;
+        appender.flush().map_err(backend(what))?;
+    }
+    conn.execute_batch(&format!(
+        "{merge} FROM temp.{name}; DELETE FROM temp.{name};"
+    ))
+    .map_err(backend(what))
+}
+
 /// Adds edges that are not there yet.
 fn add_edges(conn: &Connection, edges: &BTreeSet<&Edge>) -> Result<(), Error> {
     if edges.is_empty() {
         return Ok(());
     }
-    conn.execute_batch(
+    let table = (
         "CREATE TEMP TABLE IF NOT EXISTS new_edges (did VARCHAR, collection VARCHAR, \
          rkey VARCHAR, attr VARCHAR, target VARCHAR)",
-    )
-    .map_err(backend("add edges"))?;
-    {
-        let mut appender = conn
-            .appender_to_catalog_and_db("new_edges", "temp", "main")
-            .map_err(backend("add edges"))?;
+        "new_edges",
+        "INSERT OR IGNORE INTO edges SELECT *",
+    );
+    through_temp_table(conn, table, "add edges", |appender| {
         for edge in edges {
             appender
                 .append_row(params![
@@ -700,19 +722,11 @@ fn add_edges(conn: &Connection, edges: &BTreeSet<&Edge>) -> Result<(), Error> {
                 ])
                 .map_err(backend("add edges"))?;
         }
-        appender.flush().map_err(backend("add edges"))?;
-    }
-    conn.execute_batch(
-        "INSERT OR IGNORE INTO edges SELECT * FROM temp.new_edges; DELETE FROM temp.new_edges;",
-    )
-    .map_err(backend("add edges"))?;
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Inserts or replaces repo rows, the last of a DID winning.
-///
-/// The rows go through the appender into a temporary table and then into `repos` with one
-/// statement: binding an `INSERT ... VALUES` of many parameters costs DuckDB more than the write.
 fn upsert_repos(conn: &Connection, rows: &[RepoRow]) -> Result<(), Error> {
     if rows.is_empty() {
         return Ok(());
@@ -721,16 +735,15 @@ fn upsert_repos(conn: &Connection, rows: &[RepoRow]) -> Result<(), Error> {
     for (idx, row) in rows.iter().enumerate() {
         last.insert(&row.did, idx);
     }
-    conn.execute_batch(
+    let table = (
         "CREATE TEMP TABLE IF NOT EXISTS new_repos (did VARCHAR, handle VARCHAR, pds VARCHAR, \
          status VARCHAR, state VARCHAR, rev VARCHAR, data_cid VARCHAR, tags VARCHAR, \
          backfilled_at BIGINT, error VARCHAR)",
-    )
-    .map_err(backend("write repo rows"))?;
-    {
-        let mut appender = conn
-            .appender_to_catalog_and_db("new_repos", "temp", "main")
-            .map_err(backend("write repo rows"))?;
+        "new_repos",
+        "INSERT OR REPLACE INTO repos SELECT did, handle, pds, status, state, rev, data_cid, \
+         tags::JSON::VARCHAR[], make_timestamp(backfilled_at)::TIMESTAMPTZ, error",
+    );
+    through_temp_table(conn, table, "write repo rows", |appender| {
         for (idx, row) in rows.iter().enumerate() {
             if last.get(row.did.as_str()) != Some(&idx) {
                 continue;
@@ -752,14 +765,8 @@ fn upsert_repos(conn: &Connection, rows: &[RepoRow]) -> Result<(), Error> {
                 ])
                 .map_err(backend("write repo rows"))?;
         }
-        appender.flush().map_err(backend("write repo rows"))?;
-    }
-    conn.execute_batch(
-        "INSERT OR REPLACE INTO repos SELECT did, handle, pds, status, state, rev, data_cid, \
-         tags::JSON::VARCHAR[], make_timestamp(backfilled_at)::TIMESTAMPTZ, error \
-         FROM temp.new_repos; DELETE FROM temp.new_repos;",
-    )
-    .map_err(backend("write repo rows"))
+        Ok(())
+    })
 }
 
 /// Sets and removes kv entries, the last for a key winning.

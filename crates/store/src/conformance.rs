@@ -1135,7 +1135,6 @@ fn edges_removed_by_record<S: Store>(store: &mut S) {
     );
 }
 
-/// Repo rows round-trip every field, are replaced whole and are listed by DID.
 /// Repo rows by page and by handle, and a repo's collections.
 fn repo_lookups<S: Store>(store: &mut S) {
     populate(store);
@@ -1208,6 +1207,7 @@ fn repo_lookups<S: Store>(store: &mut S) {
     );
 }
 
+/// Repo rows round-trip every field, are replaced whole and are listed by DID.
 fn repo_rows<S: Store>(store: &mut S) {
     let full = RepoRow {
         did: CAROL.to_owned(),
@@ -1286,7 +1286,6 @@ fn repo_rows<S: Store>(store: &mut S) {
     );
 }
 
-/// The kv table: set, overwrite, remove, and remove of a missing key.
 /// The event log keeps events in order, pages by `time_us`, and drops what retention says.
 fn event_log<S: Store>(store: &mut S) {
     let event = |time_us: i64, kind: EventKind| StreamEvent {
@@ -1347,6 +1346,7 @@ fn event_log<S: Store>(store: &mut S) {
     );
 }
 
+/// The kv table: set, overwrite, remove, and remove of a missing key.
 fn kv<S: Store>(store: &mut S) {
     let set = |key: &str, value: &str| (key.to_owned(), Some(value.to_owned()));
     let unset = |key: &str| (key.to_owned(), None);
