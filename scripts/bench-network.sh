@@ -3,7 +3,8 @@
 #   bench_network WORK REPOS EVENTS UPTO
 # sets `bin` (the release binary), `log` (the whole frame log), `url` (the simulator, which is also
 # its PLC directory and handle resolver) and `sim_pid`, and writes WORK/all.json, a selector of
-# every repo the simulator lists. The caller stops the simulator (kill "$sim_pid").
+# every repo the simulator lists. An EXIT trap stops the simulator; a caller that sets its own
+# trap kills "$sim_pid" in it.
 bench_network() {
   local work="$1" repos="$2" events="$3" upto="$4"
   mkdir -p "$work"
@@ -18,8 +19,12 @@ bench_network() {
   python3 scripts/first-frames.py "$log" "$work/first.log" "$upto"
   coproc SIM { exec "$bin" sim serve --frames "$work/first.log" --identities "$work/net.json"; }
   sim_pid="$SIM_PID"
+  trap 'kill "$sim_pid" 2>/dev/null || true' EXIT
   local ready
-  read -r ready <&"${SIM[0]}"
+  if ! read -r -t 120 ready <&"${SIM[0]}"; then
+    echo "bench: the simulator did not start within 120 s" >&2
+    return 1
+  fi
   url=$(printf '%s' "$ready" | sed -E 's/.*"url":"([^"]+)".*/\1/')
   printf '{"select":[{"where":{"service":"%s","method":"com.atproto.sync.listRepos","attr":"repos.*.did","pagination":{"param":"cursor","attr":"cursor"}},"tag":"all"}]}' "$url" \
     > "$work/all.json"

@@ -25,7 +25,9 @@ bench_network "$work" "$repos" "$events" "$backfill_at"
 pids="$sim_pid"
 trap 'kill $pids 2>/dev/null || true' EXIT
 db="$work/serve.duckdb"
-if [ ! -f "$db" ]; then
+# The backfilled copy is the cache: a backfill that was interrupted left none, and starts again.
+if [ ! -f "$db.backfilled" ]; then
+  rm -f "$db" "$db.wal"
   echo "== backfill: sync --once from the simulator at event $backfill_at"
   "$bin" sync "$work/all.json" --once -q --store "duckdb:$db" --relay "$url" --plc "$url" \
     --handle-resolver "$url" --allow-private-network --concurrency 16 --per-host 16

@@ -11,6 +11,6 @@ with open(src, "rb") as f, open(dst, "wb") as out:
     for _ in range(n):
         head = f.read(4)
         if len(head) < 4:
-            break
+            sys.exit(f"first-frames: {src} holds fewer than {n} frames")
         (length,) = struct.unpack(">I", head)
         out.write(head + f.read(length))

@@ -56,7 +56,7 @@ fn killed_twenty_times_the_store_still_equals_the_ground_truth() {
     let events = setting("BUTTERFLY_KILL_EVENTS", 6000);
     let rate = setting("BUTTERFLY_KILL_RATE", 600);
     let max_run_ms = setting("BUTTERFLY_KILL_MAX_MS", 850).max(151);
-    let deadline = Duration::from_secs(setting("BUTTERFLY_KILL_DEADLINE", 120));
+    let catch_up = Duration::from_secs(setting("BUTTERFLY_KILL_DEADLINE", 120));
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     support::run(
@@ -113,8 +113,8 @@ fn killed_twenty_times_the_store_still_equals_the_ground_truth() {
 
     // Then let it catch up, stopping it cleanly now and then, until the stored cursor is the last
     // event's seq.
-    let window = (deadline / 20).max(Duration::from_secs(3));
-    let deadline = Instant::now() + deadline;
+    let window = (catch_up / 20).max(Duration::from_secs(3));
+    let deadline = Instant::now() + catch_up;
     loop {
         let sync = Running::start(dir, &sync_args);
         std::thread::sleep(window);

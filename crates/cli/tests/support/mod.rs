@@ -12,7 +12,12 @@ use std::time::Duration;
 pub struct Running {
     child: Child,
     lines: mpsc::Receiver<Json>,
+    /// Its stderr, read on a thread so that a chatty child never blocks on a full pipe.
+    stderr: Option<std::thread::JoinHandle<String>>,
 }
+
+/// How long a child gets to exit once asked to, or when waited for.
+const EXIT_WITHIN: Duration = Duration::from_secs(120);
 
 impl Running {
     /// Starts `butterfly ARGS` in `dir`.
@@ -25,6 +30,12 @@ impl Running {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -34,7 +45,11 @@ impl Running {
                 }
             }
         });
-        Running { child, lines }
+        Running {
+            child,
+            lines,
+            stderr: Some(stderr),
+        }
     }
 
     /// The next stdout line, waiting at most 60 s.
@@ -81,17 +96,26 @@ impl Running {
         (stderr, lines.iter().collect())
     }
 
-    /// Waits for it to exit on its own; returns its stderr.
+    /// Waits (at most two minutes) for it to exit on its own; it must succeed. Returns its
+    /// stderr.
     pub fn wait(mut self) -> String {
-        let status = self.child.wait().unwrap();
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        assert!(status.success(), "{status:?}: {stderr}");
+        let deadline = std::time::Instant::now() + EXIT_WITHIN;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        match status {
+            Some(status) => assert!(status.success(), "{status:?}: {stderr}"),
+            None => panic!("still running after {EXIT_WITHIN:?}; killed. stderr: {stderr}"),
+        }
         stderr
     }
 }
