@@ -13,7 +13,6 @@ half=$((events / 2))
 work="${BUTTERFLY_BENCH_DIR:-bench-sync}"
 . scripts/bench-network.sh
 bench_network "$work" "$repos" "$events" "$half"
-trap 'kill "$sim_pid" 2>/dev/null || true' EXIT
 rm -f "$work/bench.duckdb" "$work/bench.duckdb.wal"
 
 echo "== backfill: sync --once from the simulator at event $half"
