@@ -165,7 +165,8 @@ async fn did_of(state: &AppState, repo: &str) -> Result<String, XrpcError> {
     match AtIdentifier::parse(repo.strip_prefix("at://").unwrap_or(repo)) {
         Ok(AtIdentifier::Did(did)) => Ok(did.as_str().to_owned()),
         Ok(AtIdentifier::Handle(handle)) => {
-            if let Ok(did) = crate::xrpc::resolve_repo(state, handle.as_str()).await {
+            // A store that fails to answer is an error, not a reason to ask the network.
+            if let Some(did) = crate::xrpc::tracked_did_of_handle(state, handle.as_str()).await? {
                 return Ok(did);
             }
             let directory = state.directory.as_ref().ok_or_else(|| {

@@ -197,7 +197,8 @@ pub(crate) async fn resolve_repo(state: &AppState, repo: &str) -> Result<String,
     }
 }
 
-async fn tracked_did_of_handle(
+/// The DID of a tracked repo with this (verified) handle.
+pub(crate) async fn tracked_did_of_handle(
     state: &AppState,
     handle: &str,
 ) -> Result<Option<String>, XrpcError> {
