@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// An event for the served stream, before the writer gives it its time: the JSON object that
 /// goes under the event's `kind` key (Jetstream's shape).
@@ -188,9 +188,27 @@ impl Job {
 /// The sending side, with the error that stopped the thread, if any.
 #[derive(Clone)]
 pub(crate) struct Writer {
-    pub(crate) jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Queued>,
+    /// Room in the queue, in records: see [`QUEUE_RECORDS`].
+    room: Arc<Semaphore>,
     failure: Arc<Mutex<Option<String>>>,
 }
+
+/// A job in the queue, holding its share of the queue's room until the thread takes it.
+struct Queued {
+    job: Job,
+    _room: OwnedSemaphorePermit,
+}
+
+/// How many records may wait in the queue. The queue is bounded by records, not jobs, so that
+/// fetches go on while the thread writes a merged transaction: with a bound of a few dozen
+/// jobs, a backfill of small repos filled it within moments, and fetching and writing took
+/// turns instead of overlapping. A quarter of a merged transaction keeps fetches busy through a
+/// commit; more bought no speed here.
+const QUEUE_RECORDS: usize = MERGE_RECORDS / 4;
+
+/// How many jobs may wait in the queue, whatever their size (repo rows, kv entries, queries).
+const QUEUE_JOBS: usize = 4096;
 
 /// Merged backfill transactions stop growing past this many records: two of DuckDB's row groups
 /// (122,880 rows each). A transaction that appends whole row groups has them written straight
@@ -209,7 +227,8 @@ impl Writer {
         stats: Arc<Stats>,
         mut event_log: Option<EventLog>,
     ) -> Result<(Writer, std::thread::JoinHandle<Box<dyn Store>>), Error> {
-        let (jobs, mut queue) = mpsc::channel::<Job>(32);
+        let (jobs, mut queue) = mpsc::channel::<Queued>(QUEUE_JOBS);
+        let room = Arc::new(Semaphore::new(QUEUE_RECORDS));
         let failure = Arc::new(Mutex::new(None));
         let failure_slot = failure.clone();
         let handle = std::thread::Builder::new()
@@ -232,7 +251,7 @@ impl Writer {
                     let job = match next.take() {
                         Some(job) => job,
                         None => match queue.blocking_recv() {
-                            Some(job) => job,
+                            Some(queued) => queued.job,
                             None => break,
                         },
                     };
@@ -241,7 +260,7 @@ impl Writer {
                         let deadline = Instant::now() + MERGE_LINGER;
                         while merged.records() < MERGE_RECORDS {
                             let more = match queue.try_recv() {
-                                Ok(more) => Some(more),
+                                Ok(more) => Some(more.job),
                                 Err(mpsc::error::TryRecvError::Empty) => {
                                     let left = deadline.saturating_duration_since(Instant::now());
                                     if left.is_zero() || merged.records() == 0 {
@@ -254,6 +273,7 @@ impl Writer {
                                         })
                                         .ok()
                                         .flatten()
+                                        .map(|queued| queued.job)
                                 }
                                 Err(mpsc::error::TryRecvError::Disconnected) => None,
                             };
@@ -280,20 +300,40 @@ impl Writer {
                 store
             })
             .map_err(|e| Error::Writer(format!("cannot start the store thread: {e}")))?;
-        Ok((Writer { jobs, failure }, handle))
+        Ok((
+            Writer {
+                jobs,
+                room,
+                failure,
+            },
+            handle,
+        ))
     }
 
-    /// Queues a job; fails if the thread has stopped.
+    /// Queues a job, waiting for room; fails if the thread has stopped.
     pub(crate) async fn send(&self, job: Job) -> Result<(), Error> {
-        if self.jobs.send(job).await.is_err() {
+        let room = self
+            .room
+            .clone()
+            .acquire_many_owned(room_for(&job))
+            .await
+            .map_err(|_| self.failure())?;
+        let queued = Queued { job, _room: room };
+        if self.jobs.send(queued).await.is_err() {
             return Err(self.failure());
         }
         Ok(())
     }
 
-    /// The same from a blocking thread.
+    /// The same from a blocking thread (not from within the runtime's own workers).
     pub(crate) fn blocking_send(&self, job: Job) -> Result<(), Error> {
-        if self.jobs.blocking_send(job).is_err() {
+        let permits = room_for(&job);
+        let room = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Writer("blocking_send outside the runtime".into()))?
+            .block_on(self.room.clone().acquire_many_owned(permits))
+            .map_err(|_| self.failure())?;
+        let queued = Queued { job, _room: room };
+        if self.jobs.blocking_send(queued).is_err() {
             return Err(self.failure());
         }
         Ok(())
@@ -323,6 +363,11 @@ impl Writer {
             Err(_) => Err(self.failure()),
         }
     }
+}
+
+/// The queue room a job takes: its records, at least one, at most the whole queue.
+fn room_for(job: &Job) -> u32 {
+    job.records().clamp(1, QUEUE_RECORDS) as u32
 }
 
 fn merge(into: &mut Job, more: Job) {
