@@ -127,6 +127,23 @@ impl Change {
     }
 }
 
+/// The links in a record's JSON text ([`links_in`]); a record that is not JSON fails its batch in
+/// every store alike.
+pub fn record_links(
+    did: &str,
+    collection: &str,
+    rkey: &str,
+    json: &str,
+) -> Result<Vec<Link>, Error> {
+    links_in(json).map_err(|err| not_json(did, collection, rkey, &err))
+}
+
+fn not_json(did: &str, collection: &str, rkey: &str, err: &serde_json::Error) -> Error {
+    Error::Invalid(format!(
+        "record {did}/{collection}/{rkey} is not JSON: {err}"
+    ))
+}
+
 /// Parses a record's JSON text; one that is not JSON fails its batch in every store alike.
 pub fn parse_record(
     did: &str,
@@ -134,11 +151,7 @@ pub fn parse_record(
     rkey: &str,
     json: &str,
 ) -> Result<serde_json::Value, Error> {
-    serde_json::from_str(json).map_err(|err| {
-        Error::Invalid(format!(
-            "record {did}/{collection}/{rkey} is not JSON: {err}"
-        ))
-    })
+    serde_json::from_str(json).map_err(|err| not_json(did, collection, rkey, &err))
 }
 
 /// Where a repo stands in the sync.
@@ -156,6 +169,14 @@ pub enum SyncState {
 }
 
 impl SyncState {
+    /// Every state, in the order of their declaration.
+    pub const ALL: [SyncState; 4] = [
+        SyncState::Pending,
+        SyncState::Synced,
+        SyncState::Resync,
+        SyncState::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SyncState::Pending => "pending",
@@ -167,13 +188,9 @@ impl SyncState {
 
     /// The inverse of [`SyncState::as_str`].
     pub fn parse(text: &str) -> Option<SyncState> {
-        Some(match text {
-            "pending" => SyncState::Pending,
-            "synced" => SyncState::Synced,
-            "resync" => SyncState::Resync,
-            "failed" => SyncState::Failed,
-            _ => return None,
-        })
+        SyncState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
     }
 }
 

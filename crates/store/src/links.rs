@@ -11,7 +11,9 @@
 
 use std::collections::HashSet;
 
-use serde_json::Value;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// The most links kept from one record; the rest are ignored.
 pub const MAX_LINKS: usize = 256;
@@ -38,24 +40,32 @@ pub struct Link {
     pub target: String,
 }
 
-/// Every link in `record`, in document order.
+/// Every link in a record's JSON text, in document order; an error if the text is not JSON.
 ///
 /// A link is a string value that is an `at://` URI or a DID. Members whose key starts with `$`
 /// (`$type`, `$link`, `$bytes`) are skipped, so a blob's CID or a record's type is never a link.
 /// A `(path, target)` pair is reported once, at its first occurrence, so a post that mentions the
 /// same account twice links to it once. At most [`MAX_LINKS`] links are returned and nothing below
-/// [`MAX_LINK_DEPTH`] is looked at.
+/// [`MAX_LINK_DEPTH`] is looked at, though all of the text is checked to be JSON.
 ///
-/// Document order relies on `serde_json`'s `preserve_order` feature, which the workspace enables;
-/// without it, object members would be visited in key order.
-pub fn links_in(record: &Value) -> Vec<Link> {
+/// The text is read once, as a stream, with no tree built: every store runs this on every record
+/// it writes, on the one thread that writes. An object that repeats a key (which DAG-CBOR, and so
+/// a record from the network, cannot) has the links of every occurrence.
+pub fn links_in(json: &str) -> Result<Vec<Link>, serde_json::Error> {
     let mut walk = Walk {
         links: Vec::new(),
         seen: HashSet::new(),
         path: String::new(),
     };
-    walk.visit(record, 0);
-    walk.links
+    let mut reader = serde_json::Deserializer::from_str(json);
+    Visit {
+        walk: &mut walk,
+        depth: 0,
+        look: true,
+    }
+    .deserialize(&mut reader)?;
+    reader.end()?;
+    Ok(walk.links)
 }
 
 struct Walk {
@@ -72,45 +82,121 @@ impl Walk {
 
     /// Keeps `text` as a link at the current path if it is one, and new.
     fn string(&mut self, text: &str) {
-        if is_link(text) && self.seen.insert((self.path.clone(), text.to_owned())) {
+        if !self.full() && is_link(text) && self.seen.insert((self.path.clone(), text.to_owned())) {
             self.links.push(Link {
                 path: self.path.clone(),
                 target: text.to_owned(),
             });
         }
     }
+}
 
-    fn visit(&mut self, value: &Value, depth: usize) {
-        match value {
-            Value::String(text) => self.string(text),
-            Value::Object(members) if depth < MAX_LINK_DEPTH => {
-                for (key, member) in members {
-                    if self.full() {
-                        return;
-                    }
-                    if key.starts_with('$') {
-                        continue;
-                    }
-                    let parent_len = self.path.len();
-                    self.path.push('.');
-                    self.path.push_str(key);
-                    self.visit(member, depth + 1);
-                    self.path.truncate(parent_len);
-                }
-            }
-            Value::Array(elements) if depth < MAX_LINK_DEPTH => {
-                let parent_len = self.path.len();
-                self.path.push_str("[]");
-                for element in elements {
-                    if self.full() {
-                        break;
-                    }
-                    self.visit(element, depth + 1);
-                }
-                self.path.truncate(parent_len);
-            }
-            _ => {}
+/// Visits one JSON value `depth` containers down (the record itself is at depth 0). When it
+/// `look`s, a string is checked for a link, and a container's members are looked at if it is less
+/// than [`MAX_LINK_DEPTH`] down and the walk is not full. Everything else is only read: through
+/// `deserialize_any` still, so that serde_json's nesting limit (128) refuses exactly the texts
+/// that [`crate::parse_record`] refuses.
+struct Visit<'w> {
+    walk: &'w mut Walk,
+    depth: usize,
+    look: bool,
+}
+
+impl Visit<'_> {
+    /// The visit of a member, given whether that member may hold links.
+    fn member(&mut self, may_link: bool) -> Visit<'_> {
+        let look = self.look && may_link && self.depth < MAX_LINK_DEPTH && !self.walk.full();
+        Visit {
+            walk: &mut *self.walk,
+            depth: self.depth + 1,
+            look,
         }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Visit<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, reader: D) -> Result<(), D::Error> {
+        reader.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Visit<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<(), E> {
+        if self.look {
+            self.walk.string(text);
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut members: A) -> Result<(), A::Error> {
+        let parent_len = self.walk.path.len();
+        // The key goes straight onto the path; `true` if it starts with `$`.
+        while let Some(dollar) = members.next_key_seed(PathKey(&mut self.walk.path))? {
+            members.next_value_seed(self.member(!dollar))?;
+            self.walk.path.truncate(parent_len);
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut elements: A) -> Result<(), A::Error> {
+        let parent_len = self.walk.path.len();
+        self.walk.path.push_str("[]");
+        while elements.next_element_seed(self.member(true))?.is_some() {}
+        self.walk.path.truncate(parent_len);
+        Ok(())
+    }
+}
+
+/// Reads an object key onto the end of the path as `.key`; says whether it starts with `$`.
+struct PathKey<'p>(&'p mut String);
+
+impl<'de> DeserializeSeed<'de> for PathKey<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, reader: D) -> Result<bool, D::Error> {
+        reader.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PathKey<'_> {
+    type Value = bool;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<bool, E> {
+        self.0.push('.');
+        self.0.push_str(key);
+        Ok(key.starts_with('$'))
     }
 }
 
@@ -190,7 +276,7 @@ fn is_handle_like(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     const ALICE: &str = "did:plc:4xk3ihlb2mbwvdcxgsdhnqyb";
     const BOB: &str = "did:plc:r7tbmc5dwl4ajvvc2ubpfhwj";
@@ -199,7 +285,7 @@ mod tests {
 
     /// Asserts that `record` has exactly `expected` as `(path, target)` pairs, in order.
     fn check(record: Value, expected: &[(&str, &str)]) {
-        let found = links_in(&record);
+        let found = links_in(&record.to_string()).expect("JSON");
         let found: Vec<(&str, &str)> = found
             .iter()
             .map(|link| (link.path.as_str(), link.target.as_str()))
@@ -388,7 +474,7 @@ mod tests {
             .map(|n| format!("did:web:host{n}.example"))
             .collect();
         let record = json!({"items": many});
-        let links = links_in(&record);
+        let links = links_in(&record.to_string()).expect("JSON");
         assert_eq!(links.len(), MAX_LINKS);
         assert_eq!(links[0].target, "did:web:host0.example");
         assert_eq!(
@@ -400,26 +486,83 @@ mod tests {
     #[test]
     fn depth_is_bounded() {
         // A string nested exactly MAX_LINK_DEPTH levels down is found, one level more is not.
-        // (`json!` would copy its operands by serializing them, recursively; wrap by hand.)
-        let mut at_limit = json!(BOB);
-        for _ in 0..MAX_LINK_DEPTH {
-            at_limit = Value::Array(vec![at_limit]);
-        }
-        assert_eq!(links_in(&at_limit).len(), 1);
-        let too_deep = Value::Array(vec![at_limit]);
-        assert!(links_in(&too_deep).is_empty());
+        let nested =
+            |levels: usize| format!("{}\"{BOB}\"{}", "[".repeat(levels), "]".repeat(levels));
+        assert_eq!(links_in(&nested(MAX_LINK_DEPTH)).expect("JSON").len(), 1);
+        assert!(links_in(&nested(MAX_LINK_DEPTH + 1))
+            .expect("JSON")
+            .is_empty());
+        let object = |levels: usize| {
+            format!(
+                "{}\"{BOB}\"{}",
+                "{\"a\":".repeat(levels),
+                "}".repeat(levels)
+            )
+        };
+        assert_eq!(
+            links_in(&object(MAX_LINK_DEPTH)).expect("JSON")[0].path,
+            ".a".repeat(MAX_LINK_DEPTH)
+        );
+        assert!(links_in(&object(MAX_LINK_DEPTH + 1))
+            .expect("JSON")
+            .is_empty());
+        // Below the limit the text is still read, and must be JSON.
+        let broken = format!("{}\"{BOB}\"{}", "[".repeat(40), "]".repeat(39));
+        assert!(links_in(&broken).is_err());
 
-        // Hostile nesting far beyond the limit returns quickly, without recursing to the bottom.
-        let mut hostile = json!({"subject": BOB});
-        for _ in 0..100_000 {
-            let mut members = serde_json::Map::new();
-            members.insert("a".to_owned(), hostile);
-            hostile = Value::Object(members);
+        // Hostile nesting is refused as serde_json refuses it (past 128 levels), without
+        // recursing to the bottom.
+        assert!(links_in(&nested(100_000)).is_err());
+        assert!(links_in(&object(100_000)).is_err());
+        for levels in 120..136 {
+            for text in [nested(levels), object(levels)] {
+                assert_eq!(
+                    links_in(&text).is_ok(),
+                    serde_json::from_str::<Value>(&text).is_ok(),
+                    "{levels} levels"
+                );
+            }
         }
-        assert!(links_in(&hostile).is_empty());
-        // Dropping a deeply nested `Value` recurses in serde_json, so take it apart by hand.
-        while let Value::Object(mut members) = hostile {
-            hostile = members.shift_remove("a").unwrap_or(Value::Null);
+    }
+
+    #[test]
+    fn not_json_is_an_error() {
+        for bad in [
+            "",
+            "{",
+            "{\"a\":}",
+            "[1,]",
+            "\"unterminated",
+            "{} {}",
+            "nul",
+            "{\"a\":1,\"a\"}",
+        ] {
+            assert!(links_in(bad).is_err(), "{bad:?} is not JSON");
         }
+        for good in [
+            "null",
+            "1",
+            "-2.5e3",
+            "\"x\"",
+            "[]",
+            "{}",
+            " {\"a\" : [true, false, null]} ",
+        ] {
+            assert_eq!(links_in(good).expect("JSON"), Vec::new(), "{good}");
+        }
+    }
+
+    #[test]
+    fn escaped_strings_and_keys() {
+        let json = format!(
+            r#"{{"sub\u006aect":"did:plc:r7tbmc5dwl4ajvvc2ubpfhwj","t\"x":"at:\/\/{}"}}"#,
+            &POST[5..]
+        );
+        let found = links_in(&json).expect("JSON");
+        let found: Vec<(&str, &str)> = found
+            .iter()
+            .map(|link| (link.path.as_str(), link.target.as_str()))
+            .collect();
+        assert_eq!(found, [(".subject", BOB), (".t\"x", POST)]);
     }
 }

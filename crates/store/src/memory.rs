@@ -12,9 +12,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use crate::links::{links_in, Link};
+use crate::links::Link;
 use crate::{
-    parse_record, Action, Backlink, BacklinkPage, BacklinkQuery, Batch, Edge, Error, Micros, Page,
+    record_links, Action, Backlink, BacklinkPage, BacklinkQuery, Batch, Edge, Error, Micros, Page,
     Record, RecordKey, RepoRow, Store, StreamEvent, Summary,
 };
 
@@ -183,7 +183,7 @@ impl MemoryStore {
         if !self.bodies {
             return Ok(Vec::new());
         }
-        Ok(links_in(&parse_record(did, collection, rkey, json)?))
+        record_links(did, collection, rkey, json)
     }
 
     /// Applies a batch that [`MemoryStore::prepare`] accepted. Cannot fail.
