@@ -13,7 +13,7 @@
 //! thousand keys for records that may exist already, and the surviving rows go in through
 //! DuckDB's appender. Everything runs inside the caller's transaction.
 //!
-//! Record JSON is parsed to find links ([`butterfly_store::links_in`]), every record's, so that
+//! Record JSON is read to find links ([`butterfly_store::links_in`]), every record's, so that
 //! one that is not JSON fails the batch even if a later change replaces it. A second thread
 //! parses and lays the rows out as Arrow record batches while this one deletes, then hands the
 //! batches to DuckDB's appender: DuckDB appends on one thread, and the Rust side of the work
@@ -22,9 +22,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{mpsc, Arc, LazyLock};
 
-use butterfly_store::{
-    links_in, parse_record, Action, Batch, Edge, Error, Link, Micros, Record, RepoRow,
-};
+use butterfly_store::{record_links, Action, Batch, Edge, Error, Link, Micros, Record, RepoRow};
 use duckdb::arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use duckdb::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use duckdb::arrow::record_batch::RecordBatch;
@@ -47,6 +45,10 @@ const PARSE_THREAD_MIN: usize = 512;
 const ROWS_PER_BATCH: usize = 2048;
 
 type Key<'a> = (&'a str, &'a str, &'a str);
+
+/// The maps of a batch's keys, hashed with foldhash: SipHash over every record key of a
+/// backfill batch was a tenth of the store thread's time. Seeded at random per map.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A record the batch writes (a backfilled record, or a create or update), borrowed from it.
 struct Source<'a> {
@@ -78,8 +80,8 @@ impl<'a> From<&'a Record> for Source<'a> {
 #[derive(Default)]
 struct Overlay<'a> {
     ops: Vec<Option<(Key<'a>, Option<usize>)>>,
-    by_key: HashMap<Key<'a>, usize>,
-    by_did: HashMap<&'a str, Vec<usize>>,
+    by_key: FastMap<Key<'a>, usize>,
+    by_did: FastMap<&'a str, Vec<usize>>,
 }
 
 impl<'a> Overlay<'a> {
@@ -109,7 +111,7 @@ impl<'a> Overlay<'a> {
 #[derive(Default)]
 struct EdgeOverlay<'a> {
     pending: Vec<Option<&'a Edge>>,
-    by_did: HashMap<&'a str, Vec<usize>>,
+    by_did: FastMap<&'a str, Vec<usize>>,
 }
 
 impl<'a> EdgeOverlay<'a> {
@@ -281,10 +283,6 @@ fn sources(batch: &Batch) -> Result<Vec<Source<'_>>, Error> {
         });
     }
     Ok(sources)
-}
-
-fn record_links(did: &str, collection: &str, rkey: &str, json: &str) -> Result<Vec<Link>, Error> {
-    Ok(links_in(&parse_record(did, collection, rkey, json)?))
 }
 
 /// Rows for the appenders, from [`lay_out`].
