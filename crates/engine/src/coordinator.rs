@@ -1138,15 +1138,11 @@ impl Coordinator {
 
     /// Repos by sync state, for metrics.
     fn count_states(&self) {
-        let mut counts = [0u64; 4];
+        let mut counts = [0u64; SyncState::ALL.len()];
         for repo in self.repos.values() {
-            let index = match repo.row.state {
-                SyncState::Pending => 0,
-                SyncState::Synced => 1,
-                SyncState::Resync => 2,
-                SyncState::Failed => 3,
-            };
-            counts[index] += 1;
+            if let Some(index) = SyncState::ALL.iter().position(|&s| s == repo.row.state) {
+                counts[index] += 1;
+            }
         }
         for (gauge, count) in self.stats.repos_by_state.iter().zip(counts) {
             gauge.store(count, Ordering::Relaxed);
@@ -1346,7 +1342,7 @@ fn seed_clauses(selector: &Selector) -> usize {
 /// An event's time as Jetstream gives it (RFC 3339); now when the event carries none.
 fn event_time(micros: Option<i64>) -> String {
     let micros = micros.unwrap_or_else(crate::now_micros);
-    butterfly_syntax::datetime::format_micros(u64::try_from(micros).unwrap_or(0))
+    butterfly_syntax::datetime::format_micros(micros)
 }
 
 /// The `commit` object of a Jetstream commit event for one op.

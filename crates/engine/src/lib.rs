@@ -28,7 +28,7 @@ pub use control::{Control, ControlError, RepoStanding, RepoUpdate, SelectorSwap}
 
 use butterfly_identity::Directory;
 use butterfly_selector::Selector;
-use butterfly_store::{Store, StreamEvent};
+use butterfly_store::{Store, StreamEvent, SyncState};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -152,15 +152,12 @@ pub struct Stats {
     pub events_by_kind: [AtomicU64; 5],
     /// Verifier refusals by reason (replays of applied commits included), refreshed each tick.
     pub rejections: std::sync::Mutex<Vec<(String, u64)>>,
-    /// Repos by sync state (pending, synced, resync, failed), refreshed each second (gauges).
-    pub repos_by_state: [AtomicU64; 4],
+    /// Repos by sync state, in the order of [`SyncState::ALL`], refreshed each second (gauges).
+    pub repos_by_state: [AtomicU64; SyncState::ALL.len()],
 }
 
 /// The kinds counted in [`Stats::events_by_kind`], in order.
 pub const EVENT_KINDS: [&str; 5] = ["commit", "identity", "account", "resync", "other"];
-
-/// The states counted in [`Stats::repos_by_state`], in order.
-pub const REPO_STATES: [&str; 4] = ["pending", "synced", "resync", "failed"];
 
 impl Stats {
     /// A plain copy, for printing.

@@ -9,7 +9,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use butterfly_engine::{EVENT_KINDS, REPO_STATES};
+use butterfly_engine::EVENT_KINDS;
+use butterfly_store::SyncState;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
@@ -72,8 +73,8 @@ pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
             metrics::counter!("butterfly_verify_rejections_total", "reason" => reason.clone())
                 .absolute(*n);
         }
-        for (state_name, gauge) in REPO_STATES.iter().zip(&stats.repos_by_state) {
-            metrics::gauge!("butterfly_repos", "state" => *state_name)
+        for (state, gauge) in SyncState::ALL.iter().zip(&stats.repos_by_state) {
+            metrics::gauge!("butterfly_repos", "state" => state.as_str())
                 .set(gauge.load(Ordering::Relaxed) as f64);
         }
         metrics::gauge!("butterfly_repos_selected").set(snapshot.repos_selected as f64);
