@@ -128,7 +128,10 @@ impl RecordKind {
 }
 
 /// Formats microseconds since the Unix epoch as an atproto datetime (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
-pub use butterfly_syntax::datetime::format_micros as format_datetime;
+/// A simulated time (µs since the epoch; the simulator counts in `u64`) as an atproto datetime.
+pub fn format_datetime(micros: u64) -> String {
+    butterfly_syntax::datetime::format_micros(i64::try_from(micros).unwrap_or(i64::MAX))
+}
 
 fn object(fields: Vec<(&str, Value)>) -> Value {
     Value::Map(

@@ -193,12 +193,15 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// Formats microseconds since the Unix epoch as an atproto datetime in UTC with millisecond
-/// precision (`YYYY-MM-DDTHH:MM:SS.mmmZ`), as the reference PDS writes times.
-pub fn format_micros(unix_micros: u64) -> String {
-    let secs = unix_micros / 1_000_000;
-    let millis = (unix_micros / 1000) % 1000;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+/// precision (`YYYY-MM-DDTHH:MM:SS.mmmZ`), as the reference PDS writes times. Times before 1970
+/// count back from it; times outside the years 0000–9999, which atproto cannot spell, are
+/// clamped to the first or last millisecond of that range.
+pub fn format_micros(unix_micros: i64) -> String {
+    let unix_micros = unix_micros.clamp(min_micros(), max_micros());
+    let secs = unix_micros.div_euclid(1_000_000);
+    let millis = unix_micros.div_euclid(1000).rem_euclid(1000);
+    let rem = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
         rem / 3600,
@@ -413,5 +416,22 @@ mod tests {
             );
         }
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn formats_times_before_1970_and_clamps_to_the_spellable_years() {
+        assert_eq!(format_micros(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_micros(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(format_micros(-1_000_000), "1969-12-31T23:59:59.000Z");
+        assert_eq!(
+            format_micros(482_196_050_123_999),
+            "1985-04-12T23:20:50.123Z"
+        );
+        assert_eq!(format_micros(i64::MIN), "0000-01-01T00:00:00.000Z");
+        assert_eq!(format_micros(i64::MAX), "9999-12-31T23:59:59.999Z");
+        for micros in [i64::MIN, -62_167_219_200_000_000, -1, 0, 1, i64::MAX] {
+            let text = format_micros(micros);
+            assert!(Datetime::parse(&text).is_ok(), "{text}");
+        }
     }
 }

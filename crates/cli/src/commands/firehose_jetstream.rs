@@ -101,7 +101,7 @@ pub async fn run(url: &str, args: &FollowArgs) -> anyhow::Result<bool> {
 }
 
 fn event_json(event: &jetstream::Event, collections: Option<&[String]>) -> Option<Json> {
-    let time = butterfly_syntax::datetime::format_micros(u64::try_from(event.time_us).unwrap_or(0));
+    let time = butterfly_syntax::datetime::format_micros(event.time_us);
     let mut line = json!({
         "seq": event.time_us,
         "did": event.did.as_str(),
