@@ -2,9 +2,12 @@
 """How fast DuckDB itself takes records into Butterfly's `records` table on this machine.
 
 Makes 1,000,000 post-like rows in a temporary table, then copies them into a fresh `records`
-table with `INSERT ... SELECT` in transactions of a given size, with and without the table's two
-indexes, and prints rows/s. No Butterfly code runs: this is the ceiling a backfill into DuckDB
-can approach. Needs `pip install duckdb==1.5.6`.
+table with `INSERT ... SELECT` in transactions of a given size, and prints rows/s, the final
+checkpoint included. Three ways: with the table's two indexes kept up to date; with no index at
+all; and with no index during the load and both built afterwards. The `rid` values are laid out
+as the store's are (the high 40 bits from the repo, 40 records per repo), which keeps index
+upkeep cheap. No Butterfly code runs: this is the ceiling a backfill into DuckDB can approach.
+Needs `pip install duckdb==1.5.6`.
 
 Usage: scripts/duckdb-ceiling.py [ROWS]
 """
@@ -19,7 +22,7 @@ ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
 INDEXES = ["CREATE INDEX records_did ON records (did)", "CREATE INDEX records_rid ON records (rid)"]
 
 
-def run(label, indexes, batch_rows, folder):
+def run(label, indexes, batch_rows, folder, late_indexes=()):
     path = os.path.join(folder, f"ceiling-{label}-{batch_rows}.duckdb")
     con = duckdb.connect(path)
     con.execute("SET checkpoint_threshold = '256MB'")
@@ -37,7 +40,7 @@ def run(label, indexes, batch_rows, folder):
           '3labcdefghijk' AS rev,
           '{{"$type":"app.bsky.feed.post","text":"' || md5(i::VARCHAR) || repeat(' hello world', 15)
             || '","createdAt":"2024-01-01T00:00:00.000Z"}}' AS record,
-          now() AS indexed_at, (hash(i) >> 1)::BIGINT AS rid, i // {batch_rows} AS part
+          now() AS indexed_at, (((hash(i // 40) >> 25) << 24) | (hash(i) & 16777215))::BIGINT AS rid, i // {batch_rows} AS part
         FROM range({ROWS}) t(i)"""
     )
     parts = con.execute("SELECT max(part) + 1 FROM source").fetchone()[0]
@@ -46,13 +49,24 @@ def run(label, indexes, batch_rows, folder):
         con.execute("BEGIN")
         con.execute(f"INSERT INTO records SELECT * EXCLUDE (part) FROM source WHERE part = {part}")
         con.execute("COMMIT")
+    loaded = time.time()
+    for statement in late_indexes:
+        con.execute(statement)
+    indexed = time.time()
     con.execute("CHECKPOINT")
-    seconds = time.time() - started
+    done = time.time()
     con.close()
-    print(f"{label:>10}  {batch_rows:>9,} rows per transaction  {ROWS / seconds:>10,.0f} rows/s", flush=True)
+    seconds = done - started
+    print(
+        f"{label:>14}  {batch_rows:>9,} rows per transaction  {ROWS / seconds:>10,.0f} rows/s"
+        f"  (load {loaded - started:.2f} s, index {indexed - loaded:.2f} s,"
+        f" checkpoint {done - indexed:.2f} s)",
+        flush=True,
+    )
 
 
 with tempfile.TemporaryDirectory() as folder:
     for batch_rows in (50_000, 245_760):
         run("indexes", INDEXES, batch_rows, folder)
         run("no index", [], batch_rows, folder)
+        run("indexes after", [], batch_rows, folder, late_indexes=INDEXES)
