@@ -33,6 +33,20 @@ fn main() -> Result<()> {
         serde_json::json!({"a": [1, -1, 23, 24, 255, 256, 65536, -4294967297_i64, null, true, false],
             "bytes": {"$bytes": "aGVsbG8"}, "nested": {"x": [{"y": [[]]}]}, "": ""}),
     ];
+    for (i, json) in records.iter().enumerate() {
+        write("record_links", &format!("record{i}"), json.to_string().as_bytes())?;
+    }
+    let post = "at://did:plc:r7tbmc5dwl4ajvvc2ubpfhwj/app.bsky.feed.post/3lbq5vmzq7s2k";
+    let linking = [
+        serde_json::json!({"$type": "app.bsky.feed.like", "subject": {"uri": post, "cid": "bafyreib2rxk3rh6kzwq7mcuxlpgmiopdcw2ylkcyvnjwghqjkqbuhvfjq4"}}),
+        serde_json::json!({"$type": "app.bsky.graph.follow", "subject": "did:plc:r7tbmc5dwl4ajvvc2ubpfhwj"}),
+        serde_json::json!({"text": "hi", "facets": [{"features": [{"did": "did:web:example.com"}, {"did": "did:web:example.com"}]}],
+            "embed": {"record": {"uri": "at://alice.example.com/app.bsky.feed.post/3k"}}}),
+    ];
+    for (i, json) in linking.iter().enumerate() {
+        write("record_links", &format!("links{i}"), json.to_string().as_bytes())?;
+    }
+    write("record_links", "escapes", br#"{"sub\u006aect":"did:plc:abc","k\"":"at:\/\/did:plc:abc"}"#)?;
     let mut record_blocks = Vec::new();
     for (i, json) in records.iter().enumerate() {
         let value = Value::from_json(json)?;
