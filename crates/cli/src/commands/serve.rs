@@ -256,20 +256,12 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
                 result = &mut server => {
                     server_done = true;
-                    failure = Some(match result {
-                        Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped"),
-                        Ok(Err(error)) => anyhow::Error::from(error).context("the HTTP server failed"),
-                        Err(error) => anyhow::anyhow!("the HTTP server task failed: {error}"),
-                    });
+                    failure = Some(stopped_early("the HTTP server", result));
                     break;
                 }
                 result = finished(webhook_task.as_mut()) => {
                     webhook_task = None;
-                    failure = Some(match result {
-                        Ok(Ok(())) => anyhow::anyhow!("webhook delivery stopped"),
-                        Ok(Err(error)) => anyhow::Error::from(error).context("webhook delivery failed"),
-                        Err(error) => anyhow::anyhow!("the webhook task failed: {error}"),
-                    });
+                    failure = Some(stopped_early("webhook delivery", result));
                     break;
                 }
             }
@@ -309,6 +301,22 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// A task's result, or never when there is no task: a `select!` branch for an optional task.
+/// Why a task that should run until shutdown ended before it: `what` stopped, failed, or its task
+/// failed (panicked or was cancelled).
+fn stopped_early<E>(
+    what: &str,
+    result: Result<Result<(), E>, tokio::task::JoinError>,
+) -> anyhow::Error
+where
+    anyhow::Error: From<E>,
+{
+    match result {
+        Ok(Ok(())) => anyhow::anyhow!("{what} stopped"),
+        Ok(Err(error)) => anyhow::Error::from(error).context(format!("{what} failed")),
+        Err(error) => anyhow::anyhow!("the task of {what} failed: {error}"),
+    }
+}
+
 async fn finished<T>(
     task: Option<&mut tokio::task::JoinHandle<T>>,
 ) -> Result<T, tokio::task::JoinError> {
