@@ -640,10 +640,15 @@ impl Coordinator {
             // Events from here on chain from the snapshot the fetch will take, not from the state
             // the verifier held.
             if let (Some(verifier), Ok(parsed)) = (&self.verifier, Did::parse(&did)) {
-                let status = if repo.row.status == "active" {
-                    AccountStatus::Active
-                } else {
-                    AccountStatus::Inactive(repo.row.status.clone())
+                // The account's status is the stream's word: what the verifier holds, if it has
+                // heard any. Else the row's, unless the row failed: then its status may be only
+                // the host's refusal (`FetchError::Unavailable`), which this fetch asks again.
+                let status = match verifier.repo_state(&parsed) {
+                    Some(held) => held.status,
+                    None if repo.row.status == "active" || repo.row.state == SyncState::Failed => {
+                        AccountStatus::Active
+                    }
+                    None => AccountStatus::Inactive(repo.row.status.clone()),
                 };
                 verifier.set_repo_state(
                     parsed,
@@ -789,7 +794,13 @@ impl Coordinator {
                 }
             }
             Phase::Failed => {
+                // An account active again may be served by its host now (a refusal waits for the
+                // slow retry scan otherwise); other events wait for the repo's next fetch.
+                let back = matches!(event.body, LiveBody::Account { active: true, .. });
                 self.tickets.extend(event.ticket);
+                if back {
+                    self.resync(&event.did);
+                }
             }
         }
     }
@@ -865,10 +876,6 @@ impl Coordinator {
                     // Back (a mistaken deletion undone): fetch what was cleared.
                     self.dirty_rows.insert(repo.row.did.clone());
                     repo.row.state = SyncState::Resync;
-                    self.resync(&did);
-                } else if active && repo.row.state == SyncState::Failed {
-                    // Perhaps its host refused it while it was deactivated: try now.
-                    self.dirty_rows.insert(repo.row.did.clone());
                     self.resync(&did);
                 } else {
                     self.dirty_rows.insert(repo.row.did.clone());
