@@ -177,9 +177,18 @@ impl Job {
         }
     }
 
+    /// The records the job writes: backfilled ones and changes (a resync sends its changes in
+    /// chunks as large as a backfill's).
     fn records(&self) -> usize {
         match self {
-            Job::Apply { batch, .. } => batch.backfill.iter().map(|c| c.records.len()).sum(),
+            Job::Apply { batch, .. } => {
+                batch
+                    .backfill
+                    .iter()
+                    .map(|c| c.records.len())
+                    .sum::<usize>()
+                    + batch.changes.len()
+            }
             Job::RecordKeys { .. } => 0,
         }
     }
@@ -256,14 +265,15 @@ impl Writer {
                         },
                     };
                     let job = if job.mergeable() {
+                        let mut records = job.records();
                         let mut merged = job;
                         let deadline = Instant::now() + MERGE_LINGER;
-                        while merged.records() < MERGE_RECORDS {
+                        while records < MERGE_RECORDS {
                             let more = match queue.try_recv() {
                                 Ok(more) => Some(more.job),
                                 Err(mpsc::error::TryRecvError::Empty) => {
                                     let left = deadline.saturating_duration_since(Instant::now());
-                                    if left.is_zero() || merged.records() == 0 {
+                                    if left.is_zero() || records == 0 {
                                         break;
                                     }
                                     // The timeout's timer must be made inside the runtime.
@@ -278,7 +288,10 @@ impl Writer {
                                 Err(mpsc::error::TryRecvError::Disconnected) => None,
                             };
                             match more {
-                                Some(more) if more.mergeable() => merge(&mut merged, more),
+                                Some(more) if more.mergeable() => {
+                                    records += more.records();
+                                    merge(&mut merged, more);
+                                }
                                 Some(other) => {
                                     next = Some(other);
                                     break;
