@@ -80,13 +80,7 @@ impl From<&str> for FetchError {
 
 /// The account status a `getRepo` error names, if it names one.
 fn unavailable_status(error: &butterfly_xrpc::Error) -> Option<&'static str> {
-    let butterfly_xrpc::Error::Xrpc {
-        error: Some(name), ..
-    } = error
-    else {
-        return None;
-    };
-    match name.as_str() {
+    match error.xrpc_error()? {
         "RepoDeactivated" => Some("deactivated"),
         "RepoTakendown" => Some("takendown"),
         "RepoSuspended" => Some("suspended"),
@@ -95,7 +89,8 @@ fn unavailable_status(error: &butterfly_xrpc::Error) -> Option<&'static str> {
 }
 
 /// Repos up to this size are held in memory while they are read; larger ones go to a temporary
-/// file. With the default sixteen fetches at once, that is at most 128 MiB.
+/// file. With the default sixteen fetches at once, that is at most 128 MiB of bodies (and up to
+/// twice that in buffers grown while reading).
 const SPOOL_IN_MEMORY: usize = 8 << 20;
 
 /// A fetched CAR, in memory or in a temporary file, to be indexed and walked.
