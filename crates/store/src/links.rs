@@ -9,10 +9,9 @@
 //! levels and keeps at most [`MAX_LINKS`] links. It never fails; a string that is not a link is
 //! simply not one.
 
-use std::collections::HashSet;
-
 use std::fmt;
 
+use indexmap::{Equivalent, IndexSet};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// The most links kept from one record; the rest are ignored.
@@ -53,8 +52,7 @@ pub struct Link {
 /// a record from the network, cannot) has the links of every occurrence.
 pub fn links_in(json: &str) -> Result<Vec<Link>, serde_json::Error> {
     let mut walk = Walk {
-        links: Vec::new(),
-        seen: HashSet::new(),
+        links: IndexSet::default(),
         path: String::new(),
     };
     let mut reader = serde_json::Deserializer::from_str(json);
@@ -65,14 +63,27 @@ pub fn links_in(json: &str) -> Result<Vec<Link>, serde_json::Error> {
     }
     .deserialize(&mut reader)?;
     reader.end()?;
-    Ok(walk.links)
+    Ok(walk.links.into_iter().collect())
 }
 
 struct Walk {
-    links: Vec<Link>,
-    seen: HashSet<(String, String)>,
+    /// In document order, each once.
+    links: IndexSet<Link, foldhash::fast::RandomState>,
     /// The path of the value being visited.
     path: String,
+}
+
+/// A link looked up in [`Walk::links`] without making one; hashes as [`Link`] does.
+#[derive(Hash)]
+struct LinkRef<'a> {
+    path: &'a str,
+    target: &'a str,
+}
+
+impl Equivalent<Link> for LinkRef<'_> {
+    fn equivalent(&self, link: &Link) -> bool {
+        self.path == link.path && self.target == link.target
+    }
 }
 
 impl Walk {
@@ -80,10 +91,15 @@ impl Walk {
         self.links.len() >= MAX_LINKS
     }
 
-    /// Keeps `text` as a link at the current path if it is one, and new.
+    /// Keeps `text` as a link at the current path if it is one, and new. (The caller looks only
+    /// while the walk is not full.)
     fn string(&mut self, text: &str) {
-        if !self.full() && is_link(text) && self.seen.insert((self.path.clone(), text.to_owned())) {
-            self.links.push(Link {
+        let seen = LinkRef {
+            path: &self.path,
+            target: text,
+        };
+        if is_link(text) && !self.links.contains(&seen) {
+            self.links.insert(Link {
                 path: self.path.clone(),
                 target: text.to_owned(),
             });
