@@ -294,6 +294,12 @@ pub(crate) fn list_records(
     if page.limit == 0 {
         return Ok(Vec::new());
     }
+    // The page is read in two statements (below); one snapshot keeps a delete between them from
+    // emptying the page, which would end the client's paging early. Dropped, it rolls back.
+    let snapshot = conn
+        .unchecked_transaction()
+        .map_err(backend("list records"))?;
+    let conn: &Connection = &snapshot;
     let (after, order) = if page.reverse {
         ("rkey > ?", "ASC")
     } else {

@@ -564,8 +564,9 @@ fn delete_keys(
     };
 
     // Rows found under a key's rid but with another key are collisions, unless that key is
-    // being deleted too (perhaps in another statement).
-    let wanted: HashSet<Key<'_>> = keys.iter().copied().collect();
+    // being deleted too (perhaps in another statement): a key the batch touches. (Keys of wiped
+    // repos and of repos with nothing stored are never found.)
+    let wanted = &overlay.by_key;
     let mut victims = Vec::new();
     for part in keys.chunks(KEYS_PER_STATEMENT) {
         let rids = part
@@ -595,12 +596,12 @@ fn delete_keys(
         let collided: Vec<String> = found
             .iter()
             .filter(|(did, collection, rkey, _)| {
-                !wanted.contains(&(did.as_str(), collection.as_str(), rkey.as_str()))
+                !wanted.contains_key(&(did.as_str(), collection.as_str(), rkey.as_str()))
             })
             .map(|(_, _, _, rid)| rid.to_string())
             .collect();
         if !collided.is_empty() {
-            victims.extend(collision_victims(conn, &collided.join(", "), &wanted)?);
+            victims.extend(collision_victims(conn, &collided.join(", "), wanted)?);
         }
         conn.execute_batch(&format!(
             "DELETE FROM records WHERE rid IN ({rids}); DELETE FROM links WHERE rid IN ({rids});"
@@ -647,11 +648,12 @@ fn stored_repos(conn: &Connection, dids: &[&str]) -> Result<HashSet<String>, Err
 /// A stored record read back, to be written again, with its links.
 type StoredRecord = (Record, Vec<Link>);
 
-/// Rows in `records` with one of `rids` whose key is not in `wanted`, with their links.
+/// Rows in `records` with one of `rids` whose key the batch does not touch (`wanted`), with
+/// their links.
 fn collision_victims(
     conn: &Connection,
     rids: &str,
-    wanted: &HashSet<Key<'_>>,
+    wanted: &FastMap<Key<'_>, usize>,
 ) -> Result<Vec<StoredRecord>, Error> {
     let mut statement = conn
         .prepare(&format!(
@@ -664,7 +666,7 @@ fn collision_victims(
         .map_err(backend("read colliding records"))?;
     let mut victims = Vec::new();
     for row in rows {
-        if wanted.contains(&(row.did.as_str(), row.collection.as_str(), row.rkey.as_str())) {
+        if wanted.contains_key(&(row.did.as_str(), row.collection.as_str(), row.rkey.as_str())) {
             continue;
         }
         let links = record_links(&row.did, &row.collection, &row.rkey, &row.json)?;
