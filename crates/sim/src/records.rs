@@ -127,7 +127,6 @@ impl RecordKind {
     }
 }
 
-/// Formats microseconds since the Unix epoch as an atproto datetime (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
 /// A simulated time (µs since the epoch; the simulator counts in `u64`) as an atproto datetime.
 pub fn format_datetime(micros: u64) -> String {
     butterfly_syntax::datetime::format_micros(i64::try_from(micros).unwrap_or(i64::MAX))
