@@ -9,24 +9,36 @@
 //! (a WebSocket consumer is cut off; a webhook goes back to the log).
 
 use butterfly_store::{Batch, Store, StreamEvent};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
+/// A read of the log: it owns what it needs, so a reader can leave it running when cancelled.
+pub type LogRead = Pin<Box<dyn Future<Output = Result<Vec<StreamEvent>, String>> + Send>>;
+
 /// The retained log of served events.
 pub trait EventLog: Send + Sync {
-    /// Up to `limit` events with `time_us > after`, oldest first. Blocking: call it from
-    /// `spawn_blocking`.
-    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, String>;
+    /// Up to `limit` events with `time_us > after`, oldest first. Asynchronous, so that a
+    /// reader waiting for a connection holds no thread: a server may have a thousand replaying
+    /// subscribers and a handful of connections.
+    fn events_after(self: Arc<Self>, after: i64, limit: usize) -> LogRead;
 }
 
-/// A single store connection as the log (a server's reads go through a
-/// [`crate::readers::ReadPool`] instead; this suits embedding and tests).
-impl<S: Store> EventLog for Mutex<S> {
-    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, String> {
-        self.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .events_after(after, limit)
-            .map_err(|error| error.to_string())
+/// A single store connection as the log, read on a blocking thread (a server's reads go through
+/// a [`crate::readers::ReadPool`] instead; this suits embedding and tests).
+impl<S: Store + 'static> EventLog for Mutex<S> {
+    fn events_after(self: Arc<Self>, after: i64, limit: usize) -> LogRead {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                self.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .events_after(after, limit)
+                    .map_err(|error| error.to_string())
+            })
+            .await
+            .map_err(|e| format!("the log reader failed: {e}"))?
+        })
     }
 }
 
@@ -81,7 +93,7 @@ pub enum ReadError {
 /// Events per log page while replaying.
 const REPLAY_PAGE: usize = 1000;
 
-/// A page being read from the log on a blocking thread.
+/// A page being read from the log, in a task of its own.
 type PageRead = tokio::task::JoinHandle<Result<Vec<StreamEvent>, String>>;
 
 /// Reads events after a cursor: from the log while behind, then from the live tail.
@@ -147,10 +159,7 @@ impl EventReader {
                 let log = self.feed.log.clone();
                 let after = self.after;
                 let limit = max.min(REPLAY_PAGE);
-                (
-                    limit,
-                    tokio::task::spawn_blocking(move || log.events_after(after, limit)),
-                )
+                (limit, tokio::spawn(log.events_after(after, limit)))
             });
             let limit = *limit;
             let page = read.await;
@@ -158,11 +167,11 @@ impl EventReader {
             let mut page = page
                 .map_err(|e| ReadError::Log(format!("the log reader failed: {e}")))?
                 .map_err(ReadError::Log)?;
-            if page.len() < limit {
+            // A page a cancelled call asked for may be longer than this call wants; the rest is
+            // read again next time, so the log is done only if this call takes all of a short page.
+            if page.len() < limit && page.len() <= max {
                 self.replaying = false;
             }
-            // A page a cancelled call asked for may be longer than this call wants; the rest is
-            // read again next time.
             page.truncate(max);
             if let Some(last) = page.last() {
                 self.after = last.time_us;

@@ -6,8 +6,8 @@
 //!
 //! [`try_clone`]: https://docs.rs/duckdb/latest/duckdb/struct.Connection.html#method.try_clone
 
-use crate::feed::EventLog;
-use butterfly_store::{Store, StreamEvent};
+use crate::feed::{EventLog, LogRead};
+use butterfly_store::Store;
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::Semaphore;
 
@@ -123,13 +123,15 @@ impl ReadPool {
     }
 }
 
-/// Called on a blocking thread already (see [`crate::feed`]), one per subscriber or webhook
-/// catching up at most, so it waits for a connection without a permit.
+/// Log reads take a permit like any other read: a replaying subscriber waits for a connection
+/// without holding a thread.
 impl EventLog for ReadPool {
-    fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StreamEvent>, String> {
-        self.idle
-            .with(|store| store.events_after(after, limit))
-            .map_err(|e| e.to_string())
+    fn events_after(self: Arc<Self>, after: i64, limit: usize) -> LogRead {
+        Box::pin(async move {
+            self.read(move |store| store.events_after(after, limit))
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

@@ -490,10 +490,7 @@ impl Webhook {
         if self.gap_reported_at == Some(position) {
             return;
         }
-        let log = self.log.clone();
-        let checked = tokio::task::spawn_blocking(move || continuity(log.as_ref(), position))
-            .await
-            .unwrap_or_else(|e| Err(format!("the log reader failed: {e}")));
+        let checked = continuity(&self.log, position).await;
         match checked {
             Ok(Continuity::Intact) => {}
             Ok(Continuity::Passed { oldest }) => self.report_gap(Some(position), oldest),
@@ -560,13 +557,15 @@ enum Continuity {
 
 /// Whether events after `position` may have been dropped. Retention drops the oldest events
 /// first, so while the event at `position` is still in the log, everything after it is too.
-/// Blocking.
-fn continuity(log: &dyn EventLog, position: i64) -> Result<Continuity, String> {
-    let at = log.events_after(position.saturating_sub(1), 1)?;
+async fn continuity(log: &Arc<dyn EventLog>, position: i64) -> Result<Continuity, String> {
+    let at = log
+        .clone()
+        .events_after(position.saturating_sub(1), 1)
+        .await?;
     if at.first().is_some_and(|event| event.time_us == position) {
         return Ok(Continuity::Intact);
     }
-    let oldest = log.events_after(i64::MIN, 1)?;
+    let oldest = log.clone().events_after(i64::MIN, 1).await?;
     match oldest.first() {
         // Older events remain, so retention has not reached the position (which then was never
         // an event of this log); nothing after it was dropped.

@@ -37,8 +37,8 @@ type StoreLog = Mutex<MemoryStore>;
 struct BrokenLog;
 
 impl EventLog for BrokenLog {
-    fn events_after(&self, _: i64, _: usize) -> Result<Vec<StreamEvent>, String> {
-        Err("disk on fire".into())
+    fn events_after(self: Arc<Self>, _: i64, _: usize) -> butterfly_serve::feed::LogRead {
+        Box::pin(async { Err("disk on fire".into()) })
     }
 }
 
