@@ -279,7 +279,8 @@ impl Filters {
         let collections = if collections.is_empty() {
             None
         } else {
-            let mut wanted = Vec::with_capacity(collections.len());
+            let mut wanted =
+                Vec::with_capacity(collections.len().min(config.max_wanted_collections + 1));
             for collection in collections {
                 let what = if collection.ends_with('*') {
                     "invalid collection prefix"
@@ -297,7 +298,7 @@ impl Filters {
                     Ok(pattern) => wanted.push(pattern),
                     Err(error) => return Err(format!("{what} {collection:?}: {error}")),
                 }
-                // Checked as it grows, so that a huge list costs no more than a short one.
+                // Checked as it grows, so that the duplicate check stays linear in the cap.
                 if wanted.len() > config.max_wanted_collections {
                     return Err(format!(
                         "too many wanted collections: more than {}",

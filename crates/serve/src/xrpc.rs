@@ -90,7 +90,7 @@ pub(crate) async fn list_records(
     body.push(']');
     if let Some(cursor) = next {
         body.push_str(",\"cursor\":");
-        body.push_str(&butterfly_data::json_string(&cursor));
+        butterfly_data::write_json_string(&mut body, &cursor);
     }
     body.push('}');
     Ok(json_response(body))
