@@ -217,6 +217,11 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             app,
             stopped(stop_rx.clone()),
         ));
+        // Signal handlers go in before the line below announces the server: a script may stop
+        // it as soon as it reads that line.
+        let listen = |kind| tokio::signal::unix::signal(kind).ok();
+        let mut term = listen(tokio::signal::unix::SignalKind::terminate());
+        let mut int = listen(tokio::signal::unix::SignalKind::interrupt());
         // One line on stdout, for scripts and tests: where the server listens.
         println!(
             "{}",
@@ -226,16 +231,9 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         // Run until Ctrl-C or SIGTERM, or until a part fails. An engine that ends cleanly (a
         // replayed frame log ran out) leaves the API serving what it wrote.
         let interrupted = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = async {
-                    match term.as_mut() {
-                        Some(term) => { term.recv().await; }
-                        None => std::future::pending().await,
-                    }
-                } => {},
+                () = received(int.as_mut()) => {},
+                () = received(term.as_mut()) => {},
             }
         };
         tokio::pin!(interrupted);
@@ -301,6 +299,16 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// A task's result, or never when there is no task: a `select!` branch for an optional task.
+/// Waits for a signal; forever if its handler could not be installed.
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Why a task that should run until shutdown ended before it: `what` stopped, failed, or its task
 /// failed (panicked or was cancelled).
 fn stopped_early<E>(
