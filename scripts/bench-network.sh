@@ -13,8 +13,10 @@ bench_network() {
   log="$work/net-$repos-$events.log"
   if [ ! -f "$log" ]; then
     echo "== generating $events events over $repos repos"
-    "$bin" sim firehose --repos "$repos" --events "$events" --out "$log" \
+    # Written aside and moved in whole, so that an interrupted run leaves no short log behind.
+    "$bin" sim firehose --repos "$repos" --events "$events" --out "$log.part" \
       --identities-out "$work/net.json"
+    mv "$log.part" "$log"
   fi
   python3 scripts/first-frames.py "$log" "$work/first.log" "$upto"
   coproc SIM { exec "$bin" sim serve --frames "$work/first.log" --identities "$work/net.json"; }

@@ -31,7 +31,7 @@ if [ ! -f "$db.backfilled" ]; then
   echo "== backfill: sync --once from the simulator at event $backfill_at"
   "$bin" sync "$work/all.json" --once -q --store "duckdb:$db" --relay "$url" --plc "$url" \
     --handle-resolver "$url" --allow-private-network --concurrency 16 --per-host 16
-  cp "$db" "$db.backfilled"
+  cp "$db" "$db.backfilled.part" && mv "$db.backfilled.part" "$db.backfilled"
 else
   cp "$db.backfilled" "$db"
   rm -f "$db.wal"

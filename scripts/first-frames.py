@@ -13,4 +13,7 @@ with open(src, "rb") as f, open(dst, "wb") as out:
         if len(head) < 4:
             sys.exit(f"first-frames: {src} holds fewer than {n} frames")
         (length,) = struct.unpack(">I", head)
-        out.write(head + f.read(length))
+        body = f.read(length)
+        if len(body) < length:
+            sys.exit(f"first-frames: {src} ends inside a frame")
+        out.write(head + body)
