@@ -1048,6 +1048,9 @@ impl Coordinator {
                 .store(sum(stale), Ordering::Relaxed);
         }
         self.evaluate_when_due();
+        // Repos the evaluation queued start now, not at the next retry scan: at start-up that
+        // was a second with nothing fetched, and as much again at every level of a graph walk.
+        self.schedule();
         let now = Instant::now();
         // A tick can come right after a flush that waited for the writer; batches written back to
         // back would be tiny, and each costs a commit. So a batch is written at most once per
