@@ -13,7 +13,7 @@ use butterfly_identity::Directory;
 use butterfly_repo::car::CarLimits;
 use butterfly_repo::commit::Commit;
 use butterfly_repo::mst::{self, WalkItem};
-use butterfly_repo::{BlockSource, IndexedCar, SharedSource};
+use butterfly_repo::{BlockSource, CarSlice, IndexedCar, SharedSource};
 use butterfly_store::{Action, BackfillChunk, Batch, Change, Edge, Record, RecordKey, SyncState};
 use butterfly_syntax::Did;
 use butterfly_xrpc::{ClientConfig, XrpcClient};
@@ -95,24 +95,44 @@ const SPOOL_IN_MEMORY: usize = 8 << 20;
 
 /// A fetched CAR, in memory or in a temporary file, to be indexed and walked.
 enum Spool {
-    Memory(std::io::Cursor<Vec<u8>>),
+    Memory(Vec<u8>),
     File(std::fs::File),
 }
 
-impl std::io::Read for Spool {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+/// A spooled CAR, indexed: one in memory lends its blocks in place ([`CarSlice`]); one in a
+/// file is read back block by block ([`IndexedCar`]).
+enum SpooledCar {
+    Memory(CarSlice),
+    File(IndexedCar<std::fs::File>),
+}
+
+impl SpooledCar {
+    /// Indexes the spool, checking every block's hash.
+    fn index(spool: Spool) -> Result<SpooledCar, butterfly_repo::car::Error> {
+        Ok(match spool {
+            Spool::Memory(bytes) => {
+                SpooledCar::Memory(CarSlice::parse(bytes, CarLimits::default())?)
+            }
+            Spool::File(file) => SpooledCar::File(IndexedCar::build(file, CarLimits::default())?),
+        })
+    }
+
+    fn header(&self) -> &butterfly_repo::car::CarHeader {
         match self {
-            Spool::Memory(bytes) => bytes.read(buf),
-            Spool::File(file) => file.read(buf),
+            SpooledCar::Memory(car) => car.header(),
+            SpooledCar::File(car) => car.header(),
         }
     }
 }
 
-impl std::io::Seek for Spool {
-    fn seek(&mut self, position: std::io::SeekFrom) -> std::io::Result<u64> {
+impl BlockSource for SpooledCar {
+    fn get_block(
+        &mut self,
+        cid: &butterfly_data::Cid,
+    ) -> Result<Option<std::borrow::Cow<'_, [u8]>>, butterfly_repo::car::Error> {
         match self {
-            Spool::Memory(bytes) => bytes.seek(position),
-            Spool::File(file) => file.seek(position),
+            SpooledCar::Memory(car) => car.get_block(cid),
+            SpooledCar::File(car) => car.get_block(cid),
         }
     }
 }
@@ -231,7 +251,7 @@ impl Backfiller {
             .read_to_end(&mut head)
             .await?;
         if head.len() <= SPOOL_IN_MEMORY {
-            return Ok(Spool::Memory(std::io::Cursor::new(head)));
+            return Ok(Spool::Memory(head));
         }
         let file = match &self.spool_dir {
             Some(dir) => tempfile::tempfile_in(dir),
@@ -253,8 +273,7 @@ impl Backfiller {
         key: Option<butterfly_crypto::PublicKey>,
         old_keys: Option<Vec<(String, String, String)>>,
     ) -> Result<(String, String, Vec<Edge>), String> {
-        let mut car = IndexedCar::build(file, CarLimits::default())
-            .map_err(|e| format!("reading the repo CAR: {e}"))?;
+        let mut car = SpooledCar::index(file).map_err(|e| format!("reading the repo CAR: {e}"))?;
         let root = match car.header().roots.as_slice() {
             [root] => *root,
             roots => return Err(format!("a repo CAR has one root, this has {}", roots.len())),
