@@ -912,7 +912,13 @@ impl Coordinator {
                                 rkey: op.rkey.clone(),
                             });
                         }
-                        if let Some(record) = &op.record {
+                        // The text was made from a decoded record (or a Jetstream event's
+                        // JSON), so it parses.
+                        let record = op
+                            .json
+                            .as_deref()
+                            .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok());
+                        if let Some(record) = &record {
                             for edge in self.rules.edges_of(&did, &op.collection, &op.rkey, record)
                             {
                                 self.graph.add(edge.clone());

@@ -58,8 +58,8 @@ pub(crate) struct LiveOp {
     pub(crate) rkey: String,
     pub(crate) action: Action,
     pub(crate) cid: Option<String>,
-    pub(crate) record: Option<serde_json::Value>,
-    /// `record` as text, made here (on the stream's tasks) rather than on the coordinator.
+    /// The record as JSON text, made here (on the stream's tasks) rather than on the
+    /// coordinator. Only records of walked collections are parsed again, for their edges.
     pub(crate) json: Option<String>,
 }
 
@@ -281,7 +281,6 @@ fn live_op(op: &RepoOp, blocks: Option<&butterfly_repo::CarSlice>) -> Option<Liv
         action,
         cid: cid.map(|c| c.to_string()),
         json: value.as_ref().map(Value::to_json_string),
-        record: value.as_ref().map(Value::to_json),
     })
 }
 
@@ -371,7 +370,6 @@ pub(crate) fn start_jetstream(
                             action,
                             cid: commit.cid.map(|c| c.as_str().to_owned()),
                             json: commit.record.as_ref().map(|r| r.to_string()),
-                            record: commit.record,
                         }],
                     }
                 }
