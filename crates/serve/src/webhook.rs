@@ -24,13 +24,14 @@
 use crate::feed::{EventFeed, EventLog, EventReader, ReadError};
 use butterfly_net::{HttpClient, HttpConfig};
 use butterfly_store::StreamEvent;
+use butterfly_xrpc::{retry, RetryPolicy};
 use ring::hmac;
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use url::Url;
 
@@ -429,12 +430,9 @@ impl Webhook {
         };
         let status = response.status();
         let retry_after = match status {
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => response
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .map(Duration::from_secs),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                retry::retry_after(response.headers(), SystemTime::now())
+            }
             _ => None,
         };
         // Read the body so the connection can be reused; on a 2xx its content does not matter.
@@ -451,26 +449,24 @@ impl Webhook {
         }
     }
 
-    /// The wait after `failures` failures in a row: doubling from `backoff_min`, jittered into
-    /// the upper half so that webhooks failing together do not retry together. A receiver's
-    /// `Retry-After` replaces it, within the same bounds.
+    /// The wait after `failures` failures in a row: the XRPC client's backoff (doubling from
+    /// `backoff_min` up to `backoff_max`, jittered into the upper half so that webhooks failing
+    /// together do not retry together). A receiver's `Retry-After` replaces it, within the same
+    /// bounds.
     fn backoff(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
         let min = self.config.backoff_min;
         let max = self.config.backoff_max.max(min);
         if let Some(retry_after) = retry_after {
             return retry_after.clamp(min, max);
         }
-        let ceiling = min
-            .checked_mul(1 << failures.min(20))
-            .unwrap_or(max)
-            .min(max);
-        let mut random = [0u8; 4];
-        let fraction =
-            match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random) {
-                Ok(()) => f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX),
-                Err(_) => 1.0,
-            };
-        ceiling.mul_f64(0.5 + fraction / 2.0).clamp(min, max)
+        let policy = RetryPolicy {
+            initial_backoff: min,
+            max_backoff: max,
+            ..RetryPolicy::default()
+        };
+        policy
+            .backoff(failures.saturating_add(1), retry::jitter_seed())
+            .clamp(min, max)
     }
 
     /// Saves a delivered position. A failure is logged, not retried: the next delivery saves a

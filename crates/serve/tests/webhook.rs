@@ -110,7 +110,10 @@ impl Request {
 #[derive(Clone, Copy, Debug)]
 enum Reply {
     Status(u16),
+    /// A status with `Retry-After` in seconds.
     RetryAfter(u16, u64),
+    /// A status with `Retry-After` as an HTTP date this far ahead of the reply.
+    RetryAt(u16, Duration),
 }
 
 #[derive(Default)]
@@ -185,7 +188,9 @@ async fn hook(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes)
         let mut state = lock(&receiver.0);
         let reply = state.script.pop_front().unwrap_or(Reply::Status(200));
         let status = match reply {
-            Reply::Status(status) | Reply::RetryAfter(status, _) => status,
+            Reply::Status(status) | Reply::RetryAfter(status, _) | Reply::RetryAt(status, _) => {
+                status
+            }
         };
         state.requests.push(Request {
             first: time("x-butterfly-batch-first"),
@@ -209,7 +214,53 @@ async fn hook(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes)
             "slow down",
         )
             .into_response(),
+        Reply::RetryAt(status, ahead) => (
+            StatusCode::from_u16(status).expect("status"),
+            [(
+                "retry-after",
+                http_date(std::time::SystemTime::now() + ahead),
+            )],
+            "slow down",
+        )
+            .into_response(),
     }
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), as servers send in `Retry-After`.
+fn http_date(time: std::time::SystemTime) -> String {
+    let secs = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    let month_name = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(month - 1) as usize];
+    format!(
+        "{weekday}, {day:02} {month_name} {year} {:02}:{:02}:{:02} GMT",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+#[test]
+fn http_dates_are_formatted_as_servers_send_them() {
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
+    assert_eq!(http_date(at), "Sun, 06 Nov 1994 08:49:37 GMT");
+    let leap = std::time::UNIX_EPOCH + Duration::from_secs(951_782_400);
+    assert_eq!(http_date(leap), "Tue, 29 Feb 2000 00:00:00 GMT");
 }
 
 // ---- cursors, configuration, running ----
@@ -424,6 +475,34 @@ async fn a_failed_batch_is_retried_identically_until_accepted() {
     );
     assert_eq!(stats.delivered_events.load(Ordering::Relaxed), 8);
     assert_eq!(stats.last_delivered_time_us.load(Ordering::Relaxed), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_date_is_honoured() {
+    let engine = Engine::new(1024);
+    engine.commit(1..=3);
+    let receiver = Receiver::with_script(
+        [Reply::RetryAt(503, Duration::from_secs(3))],
+        Duration::ZERO,
+    );
+    let (url, _server) = receiver.start().await;
+    let mut config = config(url);
+    config.backoff_max = Duration::from_secs(10);
+    let webhook = Webhook::new(config, engine.feed.clone(), MemoryCursor::at(0)).expect("webhook");
+    let running = Running::start(webhook);
+    let stats = running.stats.clone();
+    wait_until("the batch is accepted", || delivered(&stats) >= 3).await;
+    running.stop().await;
+
+    let requests = receiver.requests();
+    let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 200]);
+    // The date has whole seconds, so it lies 2 to 3 s ahead; the backoff alone is 10 ms.
+    assert!(
+        requests[1].at - requests[0].at >= Duration::from_millis(1900),
+        "waited {:?}",
+        requests[1].at - requests[0].at
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

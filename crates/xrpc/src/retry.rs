@@ -85,8 +85,9 @@ impl RetryPolicy {
     }
 }
 
-/// A random number for jitter, from the standard library's per-process random hash keys.
-pub(crate) fn jitter_seed() -> u64 {
+/// A random number for [`RetryPolicy::backoff`]'s jitter, from the standard library's
+/// per-process random hash keys: different on every call, not for cryptography.
+pub fn jitter_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
