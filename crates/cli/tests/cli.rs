@@ -247,6 +247,22 @@ fn broken_files_fail_with_one_line() {
 }
 
 #[test]
+fn serve_reports_a_busy_port_before_opening_the_database() {
+    let run = Run::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    // The database does not exist either: the port is checked first, before any slow start-up.
+    let output = run.butterfly(&["serve", "--db", "missing.duckdb", "--listen", &address]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("listening on {address}")),
+        "{stderr}"
+    );
+    assert!(!run.path("missing.duckdb").exists());
+}
+
+#[test]
 fn help_is_everywhere() {
     let run = Run::new();
     for args in [

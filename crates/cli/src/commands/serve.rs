@@ -105,6 +105,11 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             bail!("--webhook needs the event log: give --event-log a duration above 0");
         }
     }
+    // Bound before the store opens, which can take long (a write-ahead log to replay, the
+    // backlink index to build), so that a busy port fails at once and before anything syncs.
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("listening on {}", args.listen))?;
+    listener.set_nonblocking(true)?;
     let store = if selector.is_some() {
         let store = DuckDbStore::open(&args.db)
             .with_context(|| format!("opening the database {}", args.db.display()))?;
@@ -139,10 +144,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = super::network::streaming_runtime()?;
     butterfly_serve::metrics::handle();
     runtime.block_on(async move {
-        // Bound first, so that a busy port fails before anything syncs.
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let address = listener.local_addr()?;
         let directory = args.engine.identity.directory()?;
         let (stop_tx, stop_rx) = watch::channel(false);
