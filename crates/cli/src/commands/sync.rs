@@ -261,6 +261,9 @@ pub fn read_selector(path: &Path) -> anyhow::Result<(Selector, String)> {
 
 pub fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
     args.output.init_logging();
+    // The summary's `seconds` covers the whole run: opening the store (which may replay its
+    // write-ahead log) and closing it (DuckDB's final checkpoint) included.
+    let started = Instant::now();
     let (selector, origin) = read_selector(&args.selector)?;
     let (store, to_stdout) = open_store(args.store.as_deref())?;
     if !args.once && args.engine.live() == LiveSource::None {
@@ -278,8 +281,8 @@ pub fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        let started = Instant::now();
-        let result = engine.run(shutdown).await;
+        // Dropping the store closes it.
+        let result = engine.run(shutdown).await.map(drop);
         if let Some(progress) = progress {
             progress.abort();
         }
@@ -301,7 +304,7 @@ pub fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
                 })
             );
         }
-        result.map(drop).map_err(anyhow::Error::from)
+        result.map_err(anyhow::Error::from)
     })
 }
 
