@@ -11,15 +11,18 @@ bench_network() {
   cargo build --release --locked -p butterfly
   bin="${CARGO_TARGET_DIR:-$PWD/target}/release/butterfly"
   log="$work/net-$repos-$events.log"
-  if [ ! -f "$log" ]; then
+  # The identities belong to their log: another network's in the same folder would not resolve.
+  identities="$work/net-$repos-$events.json"
+  if [ ! -f "$log" ] || [ ! -f "$identities" ]; then
     echo "== generating $events events over $repos repos"
     # Written aside and moved in whole, so that an interrupted run leaves no short log behind.
     "$bin" sim firehose --repos "$repos" --events "$events" --out "$log.part" \
-      --identities-out "$work/net.json"
+      --identities-out "$identities.part"
+    mv "$identities.part" "$identities"
     mv "$log.part" "$log"
   fi
   python3 scripts/first-frames.py "$log" "$work/first.log" "$upto"
-  coproc SIM { exec "$bin" sim serve --frames "$work/first.log" --identities "$work/net.json"; }
+  coproc SIM { exec "$bin" sim serve --frames "$work/first.log" --identities "$identities"; }
   sim_pid="$SIM_PID"
   trap 'kill "$sim_pid" 2>/dev/null || true' EXIT
   local ready

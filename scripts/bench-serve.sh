@@ -24,7 +24,7 @@ command -v wrk >/dev/null || { echo "bench-serve: needs wrk (apt-get install wrk
 bench_network "$work" "$repos" "$events" "$backfill_at"
 pids="$sim_pid"
 trap 'kill $pids 2>/dev/null || true' EXIT
-db="$work/serve.duckdb"
+db="$work/serve-$repos-$events-$backfill_at.duckdb"
 # The backfilled copy is the cache: a backfill that was interrupted left none, and starts again.
 if [ ! -f "$db.backfilled" ]; then
   rm -f "$db" "$db.wal"
