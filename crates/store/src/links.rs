@@ -6,12 +6,12 @@
 //! array element.
 //!
 //! Records come from the network, so the walk is bounded: it looks no deeper than [`MAX_LINK_DEPTH`]
-//! levels and keeps at most [`MAX_LINKS`] links. It never fails; a string that is not a link is
-//! simply not one.
+//! levels and keeps at most [`MAX_LINKS`] links. It fails only on text that is not JSON; a string
+//! that is not a link is simply not one.
 
 use std::fmt;
 
-use indexmap::{Equivalent, IndexSet};
+use indexmap::IndexSet;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// The most links kept from one record; the rest are ignored.
@@ -73,32 +73,17 @@ struct Walk {
     path: String,
 }
 
-/// A link looked up in [`Walk::links`] without making one; hashes as [`Link`] does.
-#[derive(Hash)]
-struct LinkRef<'a> {
-    path: &'a str,
-    target: &'a str,
-}
-
-impl Equivalent<Link> for LinkRef<'_> {
-    fn equivalent(&self, link: &Link) -> bool {
-        self.path == link.path && self.target == link.target
-    }
-}
-
 impl Walk {
     fn full(&self) -> bool {
         self.links.len() >= MAX_LINKS
     }
 
-    /// Keeps `text` as a link at the current path if it is one, and new. (The caller looks only
-    /// while the walk is not full.)
+    /// Keeps `text` as a link at the current path if it is one, and new: a repeat leaves the
+    /// set as it was. One hash either way; repeats are rare, so building the `Link` first costs
+    /// less than looking it up before building it. (The caller looks only while the walk is not
+    /// full.)
     fn string(&mut self, text: &str) {
-        let seen = LinkRef {
-            path: &self.path,
-            target: text,
-        };
-        if is_link(text) && !self.links.contains(&seen) {
+        if is_link(text) {
             self.links.insert(Link {
                 path: self.path.clone(),
                 target: text.to_owned(),
