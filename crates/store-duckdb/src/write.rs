@@ -19,6 +19,7 @@
 //! batches to DuckDB's appender: DuckDB appends on one thread, and the Rust side of the work
 //! then costs it little.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{mpsc, Arc, LazyLock};
 
@@ -86,12 +87,12 @@ struct Overlay<'a> {
 
 impl<'a> Overlay<'a> {
     fn set(&mut self, key: Key<'a>, source: Option<usize>) {
-        match self.by_key.get(&key) {
-            Some(&idx) => self.ops[idx] = Some((key, source)),
-            None => {
+        match self.by_key.entry(key) {
+            Entry::Occupied(found) => self.ops[*found.get()] = Some((key, source)),
+            Entry::Vacant(slot) => {
                 let idx = self.ops.len();
+                slot.insert(idx);
                 self.ops.push(Some((key, source)));
-                self.by_key.insert(key, idx);
                 self.by_did.entry(key.0).or_default().push(idx);
             }
         }
