@@ -25,10 +25,10 @@ fn repo_rows(columns: &str) -> String {
     format!("(SELECT {columns} FROM records WHERE did = ? LIMIT 9223372036854775807)")
 }
 
-pub(crate) const RECORD_COLUMNS: &str =
+const RECORD_COLUMNS: &str =
     "did, collection, rkey, cid, rev, record::VARCHAR, epoch_us(indexed_at)";
 
-pub(crate) fn record_from(row: &Row<'_>) -> duckdb::Result<Record> {
+fn record_from(row: &Row<'_>) -> duckdb::Result<Record> {
     Ok(Record {
         did: row.get(0)?,
         collection: row.get(1)?,
@@ -38,6 +38,24 @@ pub(crate) fn record_from(row: &Row<'_>) -> duckdb::Result<Record> {
         json: row.get(5)?,
         indexed_at: row.get(6)?,
     })
+}
+
+/// Every stored record whose `rid` is in `rids` (a comma-separated list of integers), keys that
+/// share a `rid` included: the caller tells them apart.
+pub(crate) fn records_by_rid(
+    conn: &Connection,
+    rids: &str,
+    what: &'static str,
+) -> Result<Vec<Record>, Error> {
+    let mut statement = conn
+        .prepare(&format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE rid IN ({rids})"
+        ))
+        .map_err(backend(what))?;
+    statement
+        .query_map([], record_from)
+        .and_then(Iterator::collect::<Result<Vec<Record>, _>>)
+        .map_err(backend(what))
 }
 
 pub(crate) fn events_after(
@@ -334,21 +352,13 @@ pub(crate) fn list_records(
         .iter()
         .map(|rkey| record_id(did, collection, rkey).to_string())
         .collect();
-    let mut statement = conn
-        .prepare(&format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE rid IN ({})",
-            rids.join(", ")
-        ))
-        .map_err(backend("list records"))?;
-    let mut by_rkey: std::collections::HashMap<String, Record> = statement
-        .query_map([], record_from)
-        .and_then(Iterator::collect::<Result<Vec<Record>, _>>)
-        .map_err(backend("list records"))?
-        .into_iter()
-        // Another key may share a rid.
-        .filter(|record| record.did == did && record.collection == collection)
-        .map(|record| (record.rkey.clone(), record))
-        .collect();
+    let mut by_rkey: std::collections::HashMap<String, Record> =
+        records_by_rid(conn, &rids.join(", "), "list records")?
+            .into_iter()
+            // Another key may share a rid.
+            .filter(|record| record.did == did && record.collection == collection)
+            .map(|record| (record.rkey.clone(), record))
+            .collect();
     Ok(rkeys
         .iter()
         .filter_map(|rkey| by_rkey.remove(rkey))

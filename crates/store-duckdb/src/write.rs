@@ -30,7 +30,7 @@ use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::{params, params_from_iter, Connection};
 
 use crate::backend;
-use crate::read::{record_from, RECORD_COLUMNS};
+use crate::read::records_by_rid;
 use crate::schema::record_id;
 
 /// Keys per `IN` list: small enough that DuckDB still answers from an index.
@@ -656,15 +656,7 @@ fn collision_victims(
     rids: &str,
     wanted: &FastMap<Key<'_>, usize>,
 ) -> Result<Vec<StoredRecord>, Error> {
-    let mut statement = conn
-        .prepare(&format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE rid IN ({rids})"
-        ))
-        .map_err(backend("read colliding records"))?;
-    let rows = statement
-        .query_map([], record_from)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(backend("read colliding records"))?;
+    let rows = records_by_rid(conn, rids, "read colliding records")?;
     let mut victims = Vec::new();
     for row in rows {
         if wanted.contains_key(&(row.did.as_str(), row.collection.as_str(), row.rkey.as_str())) {
@@ -676,17 +668,25 @@ fn collision_victims(
     Ok(victims)
 }
 
-/// Moves rows into a table through a temporary one: `create` makes the temporary table `name` on
-/// first use, `fill` appends the rows to it, and `merge` moves them on (`INSERT ... SELECT`).
+/// Moves rows into a table through a temporary one, made on first use: `fill` appends the rows
+/// to it, and the table's `merge` moves them on (`INSERT ... SELECT`).
 /// Binding one statement per row, or one `VALUES` list of many parameters, costs DuckDB more
 /// than the write itself.
 fn through_temp_table(
     conn: &Connection,
-    (create, name, merge): (&str, &str, &str),
+    table: &TempTable,
     what: &'static str,
     fill: impl FnOnce(&mut duckdb::Appender<'_>) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    conn.execute_batch(create).map_err(backend(what))?;
+    let TempTable {
+        name,
+        columns,
+        merge,
+    } = table;
+    conn.execute_batch(&format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {name} ({columns})"
+    ))
+    .map_err(backend(what))?;
     {
         let mut appender = conn
             .appender_to_catalog_and_db(name, "temp", "main")
@@ -700,18 +700,25 @@ fn through_temp_table(
     .map_err(backend(what))
 }
 
+/// A temporary table for [`through_temp_table`]: its name, its columns, and the statement (up
+/// to its `FROM`) that moves its rows on.
+struct TempTable {
+    name: &'static str,
+    columns: &'static str,
+    merge: &'static str,
+}
+
 /// Adds edges that are not there yet.
 fn add_edges(conn: &Connection, edges: &BTreeSet<&Edge>) -> Result<(), Error> {
     if edges.is_empty() {
         return Ok(());
     }
-    let table = (
-        "CREATE TEMP TABLE IF NOT EXISTS new_edges (did VARCHAR, collection VARCHAR, \
-         rkey VARCHAR, attr VARCHAR, target VARCHAR)",
-        "new_edges",
-        "INSERT OR IGNORE INTO edges SELECT *",
-    );
-    through_temp_table(conn, table, "add edges", |appender| {
+    let table = TempTable {
+        name: "new_edges",
+        columns: "did VARCHAR, collection VARCHAR, rkey VARCHAR, attr VARCHAR, target VARCHAR",
+        merge: "INSERT OR IGNORE INTO edges SELECT *",
+    };
+    through_temp_table(conn, &table, "add edges", |appender| {
         for edge in edges {
             appender
                 .append_row(params![
@@ -736,15 +743,14 @@ fn upsert_repos(conn: &Connection, rows: &[RepoRow]) -> Result<(), Error> {
     for (idx, row) in rows.iter().enumerate() {
         last.insert(&row.did, idx);
     }
-    let table = (
-        "CREATE TEMP TABLE IF NOT EXISTS new_repos (did VARCHAR, handle VARCHAR, pds VARCHAR, \
-         status VARCHAR, state VARCHAR, rev VARCHAR, data_cid VARCHAR, tags VARCHAR, \
-         backfilled_at BIGINT, error VARCHAR)",
-        "new_repos",
-        "INSERT OR REPLACE INTO repos SELECT did, handle, pds, status, state, rev, data_cid, \
-         tags::JSON::VARCHAR[], make_timestamp(backfilled_at)::TIMESTAMPTZ, error",
-    );
-    through_temp_table(conn, table, "write repo rows", |appender| {
+    let table = TempTable {
+        name: "new_repos",
+        columns: "did VARCHAR, handle VARCHAR, pds VARCHAR, status VARCHAR, state VARCHAR, \
+                  rev VARCHAR, data_cid VARCHAR, tags VARCHAR, backfilled_at BIGINT, error VARCHAR",
+        merge: "INSERT OR REPLACE INTO repos SELECT did, handle, pds, status, state, rev, \
+                data_cid, tags::JSON::VARCHAR[], make_timestamp(backfilled_at)::TIMESTAMPTZ, error",
+    };
+    through_temp_table(conn, &table, "write repo rows", |appender| {
         for (idx, row) in rows.iter().enumerate() {
             if last.get(row.did.as_str()) != Some(&idx) {
                 continue;
