@@ -64,10 +64,23 @@ pub fn commit_events<S: Store>(
 /// Where served events come from.
 #[derive(Clone)]
 pub struct EventFeed {
-    /// Committed events as they happen.
-    pub live: broadcast::Sender<Arc<StreamEvent>>,
+    /// Committed events as they happen. Weak, so that a feed and the readers made from it do not
+    /// keep the stream open: when its publisher (the engine, or whoever holds the sender) lets
+    /// go, readers end with [`ReadError::Closed`] and a `/subscribe` client gets its 1001 close,
+    /// instead of everyone waiting for events that cannot come and holding a shutdown up.
+    pub live: broadcast::WeakSender<Arc<StreamEvent>>,
     /// The retained log, for replay.
     pub log: Arc<dyn EventLog>,
+}
+
+impl EventFeed {
+    /// A receiver of the live tail; one already closed when the publisher has gone.
+    fn subscribe(&self) -> broadcast::Receiver<Arc<StreamEvent>> {
+        match self.live.upgrade() {
+            Some(sender) => sender.subscribe(),
+            None => broadcast::channel(1).1,
+        }
+    }
 }
 
 /// A reader fell so far behind the live tail that events were dropped for it; the log may still
@@ -112,11 +125,21 @@ pub struct EventReader {
     pending: Option<(usize, PageRead)>,
 }
 
+impl Drop for EventReader {
+    /// A page read that a cancelled call left running is stopped: nobody will take it, and it
+    /// would hold one of the read pool's permits for nothing.
+    fn drop(&mut self) {
+        if let Some((_, read)) = &self.pending {
+            read.abort();
+        }
+    }
+}
+
 impl EventReader {
     /// A reader that returns events with `time_us > cursor`, or, without a cursor, only events
     /// committed from now on.
     pub fn new(feed: EventFeed, cursor: Option<i64>) -> EventReader {
-        let live = feed.live.subscribe();
+        let live = feed.subscribe();
         EventReader {
             feed,
             live,
@@ -140,7 +163,7 @@ impl EventReader {
     /// Goes back to the log from the last event returned: what a reader that [`Lagged`] and
     /// wants to continue does.
     pub fn resume_from_log(&mut self) {
-        self.live = self.feed.live.subscribe();
+        self.live = self.feed.subscribe();
         self.lagged = None;
         if self.after != i64::MAX {
             self.replaying = true;
@@ -233,8 +256,8 @@ mod tests {
     }
 
     /// Commits an event the way the engine does: into the log, then onto the broadcast.
-    fn commit(log: &VecLog, feed: &EventFeed, time_us: i64) {
-        commit_events(log, &feed.live, vec![event(time_us)]).expect("apply");
+    fn commit(log: &VecLog, live: &broadcast::Sender<Arc<StreamEvent>>, time_us: i64) {
+        commit_events(log, live, vec![event(time_us)]).expect("apply");
     }
 
     fn times(events: &[Arc<StreamEvent>]) -> Vec<i64> {
@@ -246,21 +269,21 @@ mod tests {
         let log = Arc::new(VecLog::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(16);
         let feed = EventFeed {
-            live,
+            live: live.downgrade(),
             log: log.clone(),
         };
         for t in 1..=5 {
-            commit(&log, &feed, t);
+            commit(&log, &live, t);
         }
         let mut reader = EventReader::new(feed.clone(), Some(2));
         // Committed after the reader subscribed: both in the log and on the broadcast.
-        commit(&log, &feed, 6);
+        commit(&log, &live, 6);
         let mut seen = Vec::new();
         while seen.len() < 4 {
             seen.extend(times(&reader.next(2).await.expect("events")));
         }
         assert_eq!(seen, vec![3, 4, 5, 6]);
-        commit(&log, &feed, 7);
+        commit(&log, &live, 7);
         assert_eq!(times(&reader.next(10).await.expect("events")), vec![7]);
         assert_eq!(reader.position(), Some(7));
     }
@@ -270,12 +293,12 @@ mod tests {
         let log = Arc::new(VecLog::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(16);
         let feed = EventFeed {
-            live,
+            live: live.downgrade(),
             log: log.clone(),
         };
-        commit(&log, &feed, 1);
+        commit(&log, &live, 1);
         let mut reader = EventReader::new(feed.clone(), None);
-        commit(&log, &feed, 2);
+        commit(&log, &live, 2);
         assert_eq!(times(&reader.next(10).await.expect("events")), vec![2]);
     }
 
@@ -284,14 +307,14 @@ mod tests {
         let log = Arc::new(VecLog::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(4);
         let feed = EventFeed {
-            live,
+            live: live.downgrade(),
             log: log.clone(),
         };
         let mut reader = EventReader::new(feed.clone(), None);
-        commit(&log, &feed, 1);
+        commit(&log, &live, 1);
         assert_eq!(times(&reader.next(10).await.expect("events")), vec![1]);
         for t in 2..=20 {
-            commit(&log, &feed, t);
+            commit(&log, &live, t);
         }
         assert!(matches!(reader.next(10).await, Err(ReadError::Lagged(_))));
         assert!(

@@ -108,7 +108,7 @@ impl Server {
         let (live, _) = broadcast::channel(1024);
         let subscribe = Subscribe::new(
             EventFeed {
-                live: live.clone(),
+                live: live.downgrade(),
                 log: log.clone(),
             },
             SubscribeConfig::default(),

@@ -76,7 +76,7 @@ impl Server {
         let (live, _) = broadcast::channel(capacity);
         let subscribe = Subscribe::new(
             EventFeed {
-                live: live.clone(),
+                live: live.downgrade(),
                 log: feed_log,
             },
             config,
@@ -836,4 +836,41 @@ async fn a_log_that_cannot_be_read_closes_with_an_internal_error() {
         "internal details stay in the log"
     );
     server.wait_for_connections(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_told_when_the_stream_ends() {
+    let log = Arc::new(Mutex::new(MemoryStore::new()));
+    let (live, _) = broadcast::channel(16);
+    let feed = EventFeed {
+        live: live.downgrade(),
+        log: log.clone(),
+    };
+    let subscribe = Subscribe::new(feed, SubscribeConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let router = axum::Router::new().merge(subscribe.router());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let url = format!("ws://{address}/subscribe");
+    let (mut client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connected in time")
+        .expect("connected");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while live.receiver_count() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection reads the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let event = commit(now_us(), ALICE, POST, "3k", "create", "hello");
+    commit_events(&log, &live, vec![event.clone()]).unwrap();
+    assert_eq!(texts(&mut client, 1).await, jsons(&[&event]));
+
+    // The publisher lets go (the engine stopped): the client hears so, rather than waiting.
+    drop(live);
+    let (code, _) = close_frame(&mut client).await;
+    assert_eq!(code, 1001);
+    assert_eq!(subscribe.connections(), 0);
 }

@@ -34,6 +34,8 @@ type StoreLog = Mutex<MemoryStore>;
 
 struct Engine {
     store: Arc<StoreLog>,
+    /// The publisher's end of the broadcast: the feed holds it weakly.
+    live: broadcast::Sender<Arc<StreamEvent>>,
     feed: EventFeed,
 }
 
@@ -42,16 +44,16 @@ impl Engine {
         let store = Arc::new(Mutex::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(capacity);
         let feed = EventFeed {
-            live,
+            live: live.downgrade(),
             log: store.clone(),
         };
-        Engine { store, feed }
+        Engine { store, live, feed }
     }
 
     /// Commits events the way the engine does: into the log, then onto the broadcast.
     fn commit(&self, times: impl IntoIterator<Item = i64>) {
         let events = times.into_iter().map(event).collect();
-        commit_events(&self.store, &self.feed.live, events).expect("apply");
+        commit_events(&self.store, &self.live, events).expect("apply");
     }
 
     /// Applies the log's retention: events older than `before` go.

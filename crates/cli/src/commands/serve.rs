@@ -154,6 +154,10 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut engine = None;
         let mut link = None;
         let mut feed = None;
+        // The feed holds the broadcast weakly; this keeps the stream open until shutdown, also
+        // after an engine that ended cleanly. Once it and the engine let go, subscribers get
+        // their close and the graceful shutdown does not wait on them.
+        let mut publisher = None;
         if let Some(((selector, origin), store)) = writer {
             let mut config = args.engine.config(false);
             config.event_log = event_log;
@@ -164,19 +168,22 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 stats: new.stats(),
             });
             if event_log.is_some() {
+                let live = new.events();
                 feed = Some(EventFeed {
-                    live: new.events(),
+                    live: live.downgrade(),
                     log: Arc::new(pool.clone()),
                 });
+                publisher = Some(live);
             }
             engine = Some(new);
         } else if event_log.is_some() {
             // Read-only: the stream replays what the log holds; nothing new arrives.
             let (live, _) = tokio::sync::broadcast::channel(16);
             feed = Some(EventFeed {
-                live,
+                live: live.downgrade(),
                 log: Arc::new(pool.clone()),
             });
+            publisher = Some(live);
         }
         let webhook = match (&args.webhook, &feed) {
             (Some(url), Some(feed)) => {
@@ -267,6 +274,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         let _ = stop_tx.send(true);
+        drop(publisher);
         if let Some(task) = engine_task {
             // The engine finishes the batch it is writing; that is not cut short.
             engine_result = Some(task.await);
