@@ -8,45 +8,38 @@
 
 use crate::feed::{EventLog, LogRead};
 use butterfly_store::Store;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
 /// Read connections, shared by all requests.
 #[derive(Clone)]
 pub struct ReadPool {
     idle: Arc<Idle>,
-    /// Bounds the blocking threads waiting for a connection to one per connection.
+    /// One per connection, held for a read's whole run (connection given back first): whoever
+    /// holds one finds a free connection, and reads waiting for one wait here, without a thread.
     permits: Arc<Semaphore>,
 }
 
 struct Idle {
     stores: Mutex<Vec<Box<dyn Store>>>,
-    returned: Condvar,
 }
 
 impl Idle {
-    /// Waits for a free connection, runs `read` on it and gives it back.
-    fn with<T>(&self, read: impl FnOnce(&dyn Store) -> T) -> T {
-        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        let store = loop {
-            match stores.pop() {
-                Some(store) => break store,
-                None => {
-                    stores = self
-                        .returned
-                        .wait(stores)
-                        .unwrap_or_else(|p| p.into_inner())
-                }
-            }
-        };
-        drop(stores);
-        // Given back on the way out, even if `read` panics: a lost connection would leave later
-        // reads waiting for it forever.
+    /// Runs `read` on a free connection and gives it back; `None` if none is free, which a
+    /// caller holding a permit never sees (save for a pool made without connections).
+    fn with<T>(&self, read: impl FnOnce(&dyn Store) -> T) -> Option<T> {
+        let store = self
+            .stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()?;
+        // Given back on the way out, even if `read` panics: a lost connection would leave a
+        // permit with no connection behind it.
         let lent = Lent {
             idle: self,
             store: Some(store),
         };
-        read(lent.store())
+        Some(read(lent.store()))
     }
 }
 
@@ -73,7 +66,6 @@ impl Drop for Lent<'_> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(store);
-            self.idle.returned.notify_one();
         }
     }
 }
@@ -94,7 +86,6 @@ impl ReadPool {
         ReadPool {
             idle: Arc::new(Idle {
                 stores: Mutex::new(connections),
-                returned: Condvar::new(),
             }),
             permits,
         }
@@ -116,7 +107,9 @@ impl ReadPool {
         // blocking read runs on, holding its connection, and must still count.
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            idle.with(read).map_err(ReadError::from)
+            idle.with(read)
+                .ok_or_else(|| ReadError::Task("no free read connection".into()))?
+                .map_err(ReadError::from)
         })
         .await
         .map_err(|e| ReadError::Task(e.to_string()))?
