@@ -221,11 +221,11 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             engine.map(|engine| tokio::spawn(engine.run(stopped(stop_rx.clone()))));
         let mut webhook_task =
             webhook.map(|webhook| tokio::spawn(webhook.run(stopped(stop_rx.clone()))));
-        let mut server = tokio::spawn(butterfly_serve::serve(
+        let mut server = Some(tokio::spawn(butterfly_serve::serve(
             listener,
             app,
             stopped(stop_rx.clone()),
-        ));
+        )));
         // Signal handlers go in before the line below announces the server: a script may stop
         // it as soon as it reads that line.
         let listen = |kind| tokio::signal::unix::signal(kind).ok();
@@ -241,18 +241,17 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         // replayed frame log ran out) leaves the API serving what it wrote.
         let interrupted = async {
             tokio::select! {
-                () = received(int.as_mut()) => {},
-                () = received(term.as_mut()) => {},
+                _ = or_pending(int.as_mut().map(|signal| signal.recv())) => {},
+                _ = or_pending(term.as_mut().map(|signal| signal.recv())) => {},
             }
         };
         tokio::pin!(interrupted);
         let mut engine_result = None;
         let mut failure: Option<anyhow::Error> = None;
-        let mut server_done = false;
         loop {
             tokio::select! {
                 _ = &mut interrupted => break,
-                result = finished(engine_task.as_mut()) => {
+                result = or_pending(engine_task.as_mut()) => {
                     engine_task = None;
                     let clean = matches!(result, Ok(Ok(_)));
                     engine_result = Some(result);
@@ -261,12 +260,12 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                     }
                     tracing::warn!("the live source ended; serving what was written until interrupted");
                 }
-                result = &mut server => {
-                    server_done = true;
+                result = or_pending(server.as_mut()) => {
+                    server = None;
                     failure = Some(stopped_early("the HTTP server", result));
                     break;
                 }
-                result = finished(webhook_task.as_mut()) => {
+                result = or_pending(webhook_task.as_mut()) => {
                     webhook_task = None;
                     failure = Some(stopped_early("webhook delivery", result));
                     break;
@@ -291,7 +290,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         // Open WebSockets hold a graceful shutdown up; they get a few seconds.
-        if !server_done {
+        if let Some(server) = server {
             match tokio::time::timeout(Duration::from_secs(5), server).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(error))) => tracing::error!(%error, "the HTTP server"),
@@ -299,22 +298,29 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 Err(_) => tracing::warn!("connections still open after 5 s; closing them"),
             }
         }
-        match engine_result {
-            Some(Ok(Err(error))) => return Err(anyhow::Error::from(error)),
-            Some(Err(error)) => return Err(anyhow::anyhow!("the engine task failed: {error}")),
-            Some(Ok(Ok(_))) | None => {}
+        let engine_failure = match engine_result {
+            Some(Ok(Err(error))) => Some(anyhow::Error::from(error)),
+            Some(Err(error)) => Some(anyhow::anyhow!("the engine task failed: {error}")),
+            Some(Ok(Ok(_))) | None => None,
+        };
+        match (engine_failure, failure) {
+            (Some(engine), Some(first)) => {
+                // The engine's error is the one returned; what stopped the server first is not
+                // lost.
+                tracing::error!(error = format!("{first:#}"), "stopped by");
+                Err(engine)
+            }
+            (Some(error), None) | (None, Some(error)) => Err(error),
+            (None, None) => Ok(()),
         }
-        failure.map_or(Ok(()), Err)
     })
 }
 
-/// A task's result, or never when there is no task: a `select!` branch for an optional task.
-/// Waits for a signal; forever if its handler could not be installed.
-async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
-    match signal {
-        Some(signal) => {
-            signal.recv().await;
-        }
+/// `future`'s output, or never when there is none: a `select!` branch for something optional (a
+/// task not started or already done, a signal handler that could not be installed).
+async fn or_pending<F: std::future::Future>(future: Option<F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
         None => std::future::pending().await,
     }
 }
@@ -332,15 +338,6 @@ where
         Ok(Ok(())) => anyhow::anyhow!("{what} stopped"),
         Ok(Err(error)) => anyhow::Error::from(error).context(format!("{what} failed")),
         Err(error) => anyhow::anyhow!("the task of {what} failed: {error}"),
-    }
-}
-
-async fn finished<T>(
-    task: Option<&mut tokio::task::JoinHandle<T>>,
-) -> Result<T, tokio::task::JoinError> {
-    match task {
-        Some(task) => task.await,
-        None => std::future::pending().await,
     }
 }
 
