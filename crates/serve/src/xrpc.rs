@@ -41,7 +41,9 @@ pub(crate) async fn get_record(
     let uri = format!("at://{did}/{collection}/{}", rkey.as_str());
     match record {
         Some(record) if cid.as_deref().is_none_or(|cid| cid == record.cid) => {
-            Ok(json_response(record_view(&record)))
+            let mut body = String::with_capacity(view_len(&record));
+            write_record_view(&mut body, &record);
+            Ok(json_response(body))
         }
         _ => Err(XrpcError::new(
             "RecordNotFound",
@@ -79,13 +81,13 @@ pub(crate) async fn list_records(
         .await?;
     // As the reference PDS does: the last rkey whenever the page has records.
     let next = records.last().map(|r| r.rkey.clone());
-    let mut body = String::with_capacity(records.iter().map(|r| r.json.len() + 160).sum());
+    let mut body = String::with_capacity(records.iter().map(view_len).sum::<usize>() + 64);
     body.push_str("{\"records\":[");
     for (i, record) in records.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&record_view(record));
+        write_record_view(&mut body, record);
     }
     body.push(']');
     if let Some(cursor) = next {
@@ -218,16 +220,22 @@ fn parse_nsid(text: &str) -> Result<Nsid, XrpcError> {
     Nsid::parse(text).map_err(|e| XrpcError::invalid(format!("collection: {e}")))
 }
 
-/// `{uri, cid, value}`, as a PDS returns a record. The value is the stored JSON text as it is:
-/// the store only holds JSON it made from the record's DAG-CBOR, so it is not parsed again.
-fn record_view(record: &Record) -> String {
+/// Appends `{uri, cid, value}`, as a PDS returns a record. The value is the stored JSON text as
+/// it is: the store only holds JSON it made from the record's DAG-CBOR, so it is not parsed again.
+fn write_record_view(out: &mut String, record: &Record) {
     let uri = format!("at://{}/{}/{}", record.did, record.collection, record.rkey);
-    format!(
-        "{{\"uri\":{},\"cid\":{},\"value\":{}}}",
-        butterfly_data::json_string(&uri),
-        butterfly_data::json_string(&record.cid),
-        record.json
-    )
+    out.push_str("{\"uri\":");
+    butterfly_data::write_json_string(out, &uri);
+    out.push_str(",\"cid\":");
+    butterfly_data::write_json_string(out, &record.cid);
+    out.push_str(",\"value\":");
+    out.push_str(&record.json);
+    out.push('}');
+}
+
+/// The room a record's view takes, near enough to size a body.
+fn view_len(record: &Record) -> usize {
+    record.json.len() + 160
 }
 
 fn json_response(body: String) -> Response {
