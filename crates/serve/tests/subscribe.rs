@@ -11,7 +11,7 @@ use butterfly_store::{EventKind, MemoryStore, StreamEvent};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -51,16 +51,6 @@ struct Server {
     clock: Mutex<i64>,
 }
 
-fn now_us() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros(),
-    )
-    .unwrap()
-}
-
 impl Server {
     async fn start(capacity: usize, config: SubscribeConfig) -> Arc<Server> {
         let log = Arc::new(Mutex::new(MemoryStore::new()));
@@ -90,7 +80,7 @@ impl Server {
             live,
             subscribe,
             address,
-            clock: Mutex::new(now_us() - 3_600_000_000),
+            clock: Mutex::new(butterfly_store::now_micros() - 3_600_000_000),
         })
     }
 
@@ -436,7 +426,7 @@ async fn a_cursor_replays_the_log_inclusively_then_follows_the_live_tail() {
     server.wait_for_connections(0).await;
 
     // A zero cursor or one in the future means the live tail.
-    let future = now_us() + 60_000_000;
+    let future = butterfly_store::now_micros() + 60_000_000;
     for query in ["cursor=0".to_owned(), format!("cursor={future}")] {
         let mut client = server.connect(&query).await;
         let fresh = server.identity(ALICE, "alice.test");
@@ -864,7 +854,14 @@ async fn clients_are_told_when_the_stream_ends() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let event = commit(now_us(), ALICE, POST, "3k", "create", "hello");
+    let event = commit(
+        butterfly_store::now_micros(),
+        ALICE,
+        POST,
+        "3k",
+        "create",
+        "hello",
+    );
     commit_events(&log, &live, vec![event.clone()]).unwrap();
     assert_eq!(texts(&mut client, 1).await, jsons(&[&event]));
 
