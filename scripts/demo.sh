@@ -22,9 +22,9 @@ if [ ! -f "$work/net-$repos-$events.log" ]; then
     --identities-out "$work/net-$repos-$events.json"
 fi
 
-echo "== serving it on loopback (the firehose advances at 5,000 events/s)"
+echo "== serving it on loopback (the firehose advances at 5,000 events/s, each event stamped as it is sent)"
 coproc SIM { exec "$bin" sim serve --frames "$work/net-$repos-$events.log" \
-  --identities "$work/net-$repos-$events.json" --rate 5000; }
+  --identities "$work/net-$repos-$events.json" --rate 5000 --retime; }
 trap 'kill "$SIM_PID" 2>/dev/null || true' EXIT
 read -r ready <&"${SIM[0]}"
 url=$(printf '%s' "$ready" | sed -E 's/.*"url":"([^"]+)".*/\1/')

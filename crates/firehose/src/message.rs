@@ -133,6 +133,17 @@ impl Message {
             Message::Info(_) | Message::Unknown { .. } => None,
         }
     }
+
+    /// The event's timestamp, to change it (a server stamps what it relays).
+    pub fn time_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Message::Commit(m) => Some(&mut m.time),
+            Message::Sync(m) => Some(&mut m.time),
+            Message::Identity(m) => Some(&mut m.time),
+            Message::Account(m) => Some(&mut m.time),
+            Message::Info(_) | Message::Unknown { .. } => None,
+        }
+    }
 }
 
 /// `#commit`.

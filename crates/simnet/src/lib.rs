@@ -115,6 +115,10 @@ pub struct SimConfig {
     pub rate: f64,
     /// Faults to inject.
     pub faults: Faults,
+    /// Stamp each frame's `time` with the moment it is sent, as a relay stamps the events it
+    /// emits, instead of the simulated time it was generated with. Consumers' lag then reads
+    /// how far behind the stream they are, not how old the generated log is.
+    pub retime: bool,
 }
 
 impl SimConfig {
@@ -126,6 +130,7 @@ impl SimConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             rate: 0.0,
             faults: Faults::default(),
+            retime: false,
         }
     }
 
@@ -200,6 +205,7 @@ struct Shared {
     head: watch::Sender<usize>,
     shutdown: watch::Receiver<bool>,
     faults: Faults,
+    retime: bool,
     counters: Counters,
 }
 
@@ -294,6 +300,7 @@ impl SimNetwork {
             head: watch::Sender::new(0),
             shutdown: shutdown.clone(),
             faults: config.faults,
+            retime: config.retime,
             counters: Counters::default(),
         });
         let clock = if config.rate == 0.0 {

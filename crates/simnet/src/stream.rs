@@ -3,7 +3,7 @@
 use crate::{bump, Shared};
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use butterfly_data::{Map, Value};
-use butterfly_firehose::message::{encode_frame, ErrorFrame, Frame, InfoEvent};
+use butterfly_firehose::message::{decode_frame, encode_frame, ErrorFrame, Frame, InfoEvent};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -108,6 +108,11 @@ pub(crate) async fn connection(shared: Arc<Shared>, socket: WebSocket, cursor: O
                 }
                 None => shared.log.frame(next),
             };
+            let frame = if shared.retime {
+                retimed(frame, unix_micros_now())
+            } else {
+                frame
+            };
             if sink.feed(Message::Binary(frame)).await.is_err() {
                 break 'serve;
             }
@@ -132,6 +137,27 @@ pub(crate) async fn connection(shared: Arc<Shared>, socket: WebSocket, cursor: O
     }
     let _ = sink.close().await;
     reader.abort();
+}
+
+fn unix_micros_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+        })
+}
+
+/// `frame` with its event's `time` set to `now_micros`; unchanged if it has none (or does not
+/// decode, which the log's frames do).
+fn retimed(frame: Bytes, now_micros: i64) -> Bytes {
+    let Ok(Frame::Message(mut message)) = decode_frame(&frame) else {
+        return frame;
+    };
+    let Some(time) = message.time_mut() else {
+        return frame;
+    };
+    *time = butterfly_syntax::datetime::format_micros(now_micros);
+    Bytes::from(encode_frame(&Frame::Message(message)))
 }
 
 /// Garbage in three shapes, in turn: the first half of the real frame, bytes that are not CBOR, and a

@@ -658,3 +658,64 @@ async fn every_nth_xrpc_request_is_rate_limited() {
     assert_eq!(stats["rate_limited"], 2);
     assert_eq!(stats["xrpc_requests"], 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retime_stamps_each_event_with_the_time_it_is_sent_and_changes_nothing_else() {
+    let generated = generate(10, 150, 3);
+    let mut config = SimConfig::new(
+        generated.frames.clone(),
+        generated.docs.clone().into_bytes(),
+    );
+    config.retime = true;
+    let sim = SimNetwork::start(config).await.unwrap();
+    let last = generated.messages.len() as i64;
+    let micros = |time: &str| {
+        butterfly_syntax::datetime::Datetime::parse(time)
+            .unwrap()
+            .timestamp_micros()
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+    };
+
+    // Millisecond precision: the window opens at the millisecond before.
+    let before = now() / 1000 * 1000;
+    let mut socket = subscribe(&sim, Some(0)).await;
+    let frames = read_until(&mut socket, last).await;
+    let after = now();
+    assert_eq!(frames.len(), generated.messages.len());
+    for (frame, (logged, logged_message)) in frames.iter().zip(&generated.messages) {
+        let Ok(Frame::Message(message)) = decode_frame(frame) else {
+            panic!("a frame that does not decode");
+        };
+        let (Some(sent), Some(generated_time)) = (message.time(), logged_message.time()) else {
+            panic!("an event without a time: {message:?}");
+        };
+        let sent_at = micros(sent);
+        assert!(
+            (before..=after).contains(&sent_at),
+            "{sent} is not between the subscription and the last frame"
+        );
+        assert_ne!(
+            micros(generated_time),
+            sent_at,
+            "the generated time was kept"
+        );
+        // Put the generated time back: the frame is then the logged one, byte for byte.
+        let at = frame
+            .windows(sent.len())
+            .position(|window| window == sent.as_bytes())
+            .unwrap();
+        let mut restored = frame.clone();
+        restored[at..at + sent.len()].copy_from_slice(generated_time.as_bytes());
+        assert_eq!(
+            &restored,
+            logged,
+            "seq {:?} changed beyond its time",
+            message.seq()
+        );
+    }
+}

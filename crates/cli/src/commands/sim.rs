@@ -89,6 +89,10 @@ pub struct ServeArgs {
     /// Answer every Nth XRPC request with 429 and Retry-After: 1.
     #[arg(long)]
     rate_limit_every: Option<u64>,
+    /// Stamp each event's `time` with the moment it is sent, as a relay does, so that a
+    /// consumer's lag is measured against the stream rather than the generated log's clock.
+    #[arg(long)]
+    retime: bool,
 }
 
 pub fn run(command: SimCommand) -> anyhow::Result<()> {
@@ -103,6 +107,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = butterfly_simnet::SimConfig::from_files(&args.frames, &args.identities)?;
     config.listen = args.listen;
     config.rate = args.rate;
+    config.retime = args.retime;
     let stall = match args.stall_after {
         Some(after) => {
             let duration = std::time::Duration::try_from_secs_f64(args.stall_secs)
