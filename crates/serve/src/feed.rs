@@ -64,16 +64,25 @@ pub fn commit_events<S: Store>(
 /// Where served events come from.
 #[derive(Clone)]
 pub struct EventFeed {
-    /// Committed events as they happen. Weak, so that a feed and the readers made from it do not
-    /// keep the stream open: when its publisher (the engine, or whoever holds the sender) lets
-    /// go, readers end with [`ReadError::Closed`] and a `/subscribe` client gets its 1001 close,
-    /// instead of everyone waiting for events that cannot come and holding a shutdown up.
-    pub live: broadcast::WeakSender<Arc<StreamEvent>>,
+    /// Committed events as they happen. Weak, so that a feed and the readers made from it do
+    /// not keep the stream open: when its publisher (the engine, or whoever holds the sender)
+    /// lets go, readers end with [`ReadError::Closed`] and a `/subscribe` client gets its 1001
+    /// close, instead of everyone waiting for events that cannot come and holding a shutdown up.
+    live: broadcast::WeakSender<Arc<StreamEvent>>,
     /// The retained log, for replay.
     pub log: Arc<dyn EventLog>,
 }
 
 impl EventFeed {
+    /// A feed of what `live` publishes, replayed from `log`. It holds `live` weakly: the stream
+    /// stays open while the caller (the publisher) keeps its sender.
+    pub fn new(live: &broadcast::Sender<Arc<StreamEvent>>, log: Arc<dyn EventLog>) -> EventFeed {
+        EventFeed {
+            live: live.downgrade(),
+            log,
+        }
+    }
+
     /// A receiver of the live tail; one already closed when the publisher has gone.
     fn subscribe(&self) -> broadcast::Receiver<Arc<StreamEvent>> {
         match self.live.upgrade() {
@@ -268,10 +277,7 @@ mod tests {
     async fn replays_the_log_then_follows_the_tail_without_gaps_or_repeats() {
         let log = Arc::new(VecLog::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(16);
-        let feed = EventFeed {
-            live: live.downgrade(),
-            log: log.clone(),
-        };
+        let feed = EventFeed::new(&live, log.clone());
         for t in 1..=5 {
             commit(&log, &live, t);
         }
@@ -292,10 +298,7 @@ mod tests {
     async fn without_a_cursor_only_new_events_come() {
         let log = Arc::new(VecLog::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(16);
-        let feed = EventFeed {
-            live: live.downgrade(),
-            log: log.clone(),
-        };
+        let feed = EventFeed::new(&live, log.clone());
         commit(&log, &live, 1);
         let mut reader = EventReader::new(feed.clone(), None);
         commit(&log, &live, 2);
@@ -306,10 +309,7 @@ mod tests {
     async fn a_lag_is_reported_until_the_reader_goes_back_to_the_log() {
         let log = Arc::new(VecLog::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(4);
-        let feed = EventFeed {
-            live: live.downgrade(),
-            log: log.clone(),
-        };
+        let feed = EventFeed::new(&live, log.clone());
         let mut reader = EventReader::new(feed.clone(), None);
         commit(&log, &live, 1);
         assert_eq!(times(&reader.next(10).await.expect("events")), vec![1]);

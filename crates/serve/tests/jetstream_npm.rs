@@ -107,10 +107,7 @@ impl Server {
         let log = Arc::new(Mutex::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(1024);
         let subscribe = Subscribe::new(
-            EventFeed {
-                live: live.downgrade(),
-                log: log.clone(),
-            },
+            EventFeed::new(&live, log.clone()),
             SubscribeConfig::default(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

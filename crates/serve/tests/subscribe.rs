@@ -64,13 +64,7 @@ impl Server {
         feed_log: Arc<dyn EventLog>,
     ) -> Arc<Server> {
         let (live, _) = broadcast::channel(capacity);
-        let subscribe = Subscribe::new(
-            EventFeed {
-                live: live.downgrade(),
-                log: feed_log,
-            },
-            config,
-        );
+        let subscribe = Subscribe::new(EventFeed::new(&live, feed_log), config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let router = axum::Router::new().merge(subscribe.router());
@@ -832,10 +826,7 @@ async fn a_log_that_cannot_be_read_closes_with_an_internal_error() {
 async fn clients_are_told_when_the_stream_ends() {
     let log = Arc::new(Mutex::new(MemoryStore::new()));
     let (live, _) = broadcast::channel(16);
-    let feed = EventFeed {
-        live: live.downgrade(),
-        log: log.clone(),
-    };
+    let feed = EventFeed::new(&live, log.clone());
     let subscribe = Subscribe::new(feed, SubscribeConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

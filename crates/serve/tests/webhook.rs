@@ -43,10 +43,7 @@ impl Engine {
     fn new(capacity: usize) -> Engine {
         let store = Arc::new(Mutex::new(MemoryStore::new()));
         let (live, _) = broadcast::channel(capacity);
-        let feed = EventFeed {
-            live: live.downgrade(),
-            log: store.clone(),
-        };
+        let feed = EventFeed::new(&live, store.clone());
         Engine { store, live, feed }
     }
 

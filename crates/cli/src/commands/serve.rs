@@ -169,20 +169,14 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             });
             if event_log.is_some() {
                 let live = new.events();
-                feed = Some(EventFeed {
-                    live: live.downgrade(),
-                    log: Arc::new(pool.clone()),
-                });
+                feed = Some(EventFeed::new(&live, Arc::new(pool.clone())));
                 publisher = Some(live);
             }
             engine = Some(new);
         } else if event_log.is_some() {
             // Read-only: the stream replays what the log holds; nothing new arrives.
             let (live, _) = tokio::sync::broadcast::channel(16);
-            feed = Some(EventFeed {
-                live: live.downgrade(),
-                log: Arc::new(pool.clone()),
-            });
+            feed = Some(EventFeed::new(&live, Arc::new(pool.clone())));
             publisher = Some(live);
         }
         let webhook = match (&args.webhook, &feed) {
