@@ -66,15 +66,28 @@ fn answer(query: &[u8], zone: &Zone) -> Option<Vec<u8>> {
     Some(response)
 }
 
+/// The resolver asks one address over UDP and falls back to TCP on the same port, so the test
+/// server needs both. The kernel picks a free UDP port, but that TCP port may already be taken by
+/// another test's socket; then try another port rather than fail.
+async fn bind_udp_and_tcp_on_one_port() -> (tokio::net::UdpSocket, tokio::net::TcpListener) {
+    for _ in 0..50 {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind udp");
+        let address = udp.local_addr().expect("addr");
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(tcp) => return (udp, tcp),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(error) => panic!("bind tcp on {address}: {error}"),
+        }
+    }
+    panic!("no loopback port was free for both UDP and TCP in 50 tries");
+}
+
 async fn start_dns(zone: HashMap<String, Vec<String>>) -> SocketAddr {
     let zone: Zone = Arc::new(zone);
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind udp");
+    let (udp, tcp) = bind_udp_and_tcp_on_one_port().await;
     let address = udp.local_addr().expect("addr");
-    let tcp = tokio::net::TcpListener::bind(address)
-        .await
-        .expect("bind tcp on the same port");
     let udp_zone = zone.clone();
     tokio::spawn(async move {
         let mut buffer = vec![0u8; 4096];
