@@ -7,7 +7,7 @@
 //! tests are never skipped.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -102,9 +102,30 @@ impl TestNetwork {
             dir.display()
         );
         ensure_installed(&dir);
-        let mut command = Command::new(&script);
+        // `start.sh` picks free ports and then listens on them; another test may take a port in
+        // between, and then the network exits before its ready line. Such a start is tried again.
+        let mut attempt = 1;
+        loop {
+            match Self::spawn(&dir, &script, env) {
+                Ok(network) => return network,
+                Err(reason) if attempt < 3 => {
+                    eprintln!(
+                        "the reference network exited before it was ready ({reason}); trying again"
+                    );
+                    attempt += 1;
+                }
+                Err(reason) => {
+                    panic!("the reference network did not print its ready line: {reason}")
+                }
+            }
+        }
+    }
+
+    /// One start: `Err` when the network exited before printing its ready line.
+    fn spawn(dir: &Path, script: &Path, env: &[(&str, &str)]) -> Result<TestNetwork, String> {
+        let mut command = Command::new(script);
         command
-            .current_dir(&dir)
+            .current_dir(dir)
             .env("EXIT_ON_STDIN_CLOSE", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -130,6 +151,10 @@ impl TestNetwork {
         });
         let line = match receiver.recv_timeout(Duration::from_secs(120)) {
             Ok(Ok(line)) if !line.trim().is_empty() => line,
+            Ok(Ok(_)) => {
+                let status = child.wait();
+                return Err(format!("it exited: {status:?}"));
+            }
             other => {
                 let _ = child.kill();
                 panic!("the reference network did not print its ready line: {other:?}")
@@ -157,7 +182,7 @@ impl TestNetwork {
                     .collect()
             })
             .unwrap_or_default();
-        TestNetwork {
+        Ok(TestNetwork {
             plc: text(&ready, "plc"),
             pds: text(&ready, "pds"),
             firehose: text(&ready, "firehose"),
@@ -166,7 +191,7 @@ impl TestNetwork {
             ready,
             _stdin: child.stdin.take(),
             child,
-        }
+        })
     }
 
     /// The seeded account with this handle prefix (`"alice"`, `"bob"`, `"carol"`).
