@@ -99,6 +99,8 @@ fn killed_twenty_times_the_store_still_equals_the_ground_truth() {
         &url,
         "--plc",
         &url,
+        "--handle-resolver",
+        &url,
         "--allow-private-network",
         "-q",
     ];

@@ -26,12 +26,15 @@ fn generate(repos: u64, events: u64, seed: u64) -> (Vec<u8>, GeneratedFirehose) 
     (frames, generated)
 }
 
-fn directory(plc: &str) -> Directory {
+/// Identities from the simulator: DID documents from its PLC, and handles through its
+/// `resolveHandle` (the simulated handles are in no DNS, and tests stay on loopback).
+fn directory(sim: &SimNetwork) -> Directory {
     let http = HttpClient::new(&HttpConfig::with_private_network(true)).expect("http");
     let resolver = Resolver::new(
         http,
         ResolverConfig {
-            plc_url: plc.parse().expect("plc url"),
+            plc_url: sim.plc_url().parse().expect("plc url"),
+            handle_resolver: Some(sim.url().parse().expect("sim url")),
             ..ResolverConfig::default()
         },
     )
@@ -100,7 +103,7 @@ async fn backfill_then_live_equals_ground_truth() {
         },
         selector,
         Box::new(MemoryStore::new()),
-        directory(sim.plc_url()),
+        directory(&sim),
     );
     let stats = engine.stats();
     // The served stream, as a subscriber sees it.
@@ -307,7 +310,7 @@ async fn resync_reconciles_with_deletes() {
         },
         selector,
         Box::new(store),
-        directory(sim.plc_url()),
+        directory(&sim),
     );
     let stats = engine.stats();
     let store = tokio::time::timeout(Duration::from_secs(60), engine.run(std::future::pending()))
