@@ -8,6 +8,7 @@ mod network;
 mod plc;
 mod resolve;
 mod serve;
+mod signals;
 mod sim;
 mod sync;
 

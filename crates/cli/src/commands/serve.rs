@@ -1,6 +1,7 @@
 //! `butterfly serve`: the sync engine and the HTTP API in one process, or, without a selector,
 //! the HTTP API over an existing database, read-only.
 
+use super::signals::StopSignals;
 use super::sync::{read_selector, show_progress, EngineArgs, OutputArgs, DEFAULT_DB};
 use anyhow::{bail, Context};
 use butterfly_engine::{Engine, LiveSource};
@@ -110,6 +111,13 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("listening on {}", args.listen))?;
     listener.set_nonblocking(true)?;
+    let runtime = super::network::streaming_runtime()?;
+    // Before the store opens, too: a Ctrl-C or SIGTERM meanwhile is kept and stops the server
+    // cleanly once it is up, rather than killing the process mid-start.
+    let mut signals = {
+        let _runtime = runtime.enter();
+        StopSignals::install()
+    };
     let store = if selector.is_some() {
         let store = DuckDbStore::open(&args.db)
             .with_context(|| format!("opening the database {}", args.db.display()))?;
@@ -141,7 +149,6 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let pool = ReadPool::new(read_connections);
 
-    let runtime = super::network::streaming_runtime()?;
     butterfly_serve::metrics::handle();
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -220,11 +227,6 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             app,
             stopped(stop_rx.clone()),
         )));
-        // Signal handlers go in before the line below announces the server: a script may stop
-        // it as soon as it reads that line.
-        let listen = |kind| tokio::signal::unix::signal(kind).ok();
-        let mut term = listen(tokio::signal::unix::SignalKind::terminate());
-        let mut int = listen(tokio::signal::unix::SignalKind::interrupt());
         // One line on stdout, for scripts and tests: where the server listens.
         println!(
             "{}",
@@ -233,12 +235,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 
         // Run until Ctrl-C or SIGTERM, or until a part fails. An engine that ends cleanly (a
         // replayed frame log ran out) leaves the API serving what it wrote.
-        let interrupted = async {
-            tokio::select! {
-                _ = or_pending(int.as_mut().map(|signal| signal.recv())) => {},
-                _ = or_pending(term.as_mut().map(|signal| signal.recv())) => {},
-            }
-        };
+        let interrupted = signals.received();
         tokio::pin!(interrupted);
         let mut engine_result = None;
         let mut failure: Option<anyhow::Error> = None;
@@ -311,7 +308,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// `future`'s output, or never when there is none: a `select!` branch for something optional (a
-/// task not started or already done, a signal handler that could not be installed).
+/// task not started or already done).
 async fn or_pending<F: std::future::Future>(future: Option<F>) -> F::Output {
     match future {
         Some(future) => future.await,

@@ -5,6 +5,7 @@
 //! stored), and shows progress on stderr.
 
 use super::network::IdentityArgs;
+use super::signals::StopSignals;
 use anyhow::{bail, Context};
 use butterfly_engine::{Engine, EngineConfig, LiveSource, Stats, StatsSnapshot, VerifyMode};
 use butterfly_selector::Selector;
@@ -265,24 +266,27 @@ pub fn run_sync(args: SyncArgs) -> anyhow::Result<()> {
     // write-ahead log) and closing it (DuckDB's final checkpoint) included.
     let started = Instant::now();
     let (selector, origin) = read_selector(&args.selector)?;
-    let (store, to_stdout) = open_store(args.store.as_deref())?;
     if !args.once && args.engine.live() == LiveSource::None {
         bail!("give --relay URL or --jetstream URL to follow the network live, or --once to backfill and exit");
     }
+    let runtime = super::network::streaming_runtime()?;
+    // Before the store opens: Ctrl-C during a long write-ahead-log replay then stops the run
+    // cleanly once the store is open, rather than killing the process.
+    let mut signals = {
+        let _runtime = runtime.enter();
+        StopSignals::install()
+    };
+    let (store, to_stdout) = open_store(args.store.as_deref())?;
     let mut config = args.engine.config(args.once);
     config.selector_origin = Some(origin);
-    let runtime = super::network::streaming_runtime()?;
     runtime.block_on(async {
         let directory = args.engine.identity.directory()?;
         let engine = Engine::new(config, selector, store, directory);
         let stats = engine.stats();
         let show = !args.output.quiet;
         let progress = show.then(|| tokio::spawn(show_progress(stats.clone(), to_stdout)));
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
         // Dropping the store closes it.
-        let result = engine.run(shutdown).await.map(drop);
+        let result = engine.run(signals.received()).await.map(drop);
         if let Some(progress) = progress {
             progress.abort();
         }
