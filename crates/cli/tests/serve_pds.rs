@@ -350,7 +350,7 @@ fn serve_against_the_reference_pds() {
     let rkey = created.rkey().unwrap().to_owned();
     let event: Json = runtime.block_on(async {
         loop {
-            match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            match tokio::time::timeout(Duration::from_secs(15), events.recv()).await {
                 Ok(Some(butterfly_stream::jetstream::JetstreamItem::Event { raw, .. })) => {
                     let event: Json = serde_json::from_slice(&raw).unwrap();
                     if event["kind"] == "commit" {
@@ -430,7 +430,7 @@ fn serve_against_the_reference_pds() {
         relayed.rkey().unwrap()
     );
     downstream_api.within(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "the post through two Butterflies",
         |api| api.get(&relayed_path).1["value"]["text"] == "relayed",
     );
@@ -504,7 +504,7 @@ fn serve_against_the_reference_pds() {
         (200, &json!([])),
         "{body}"
     );
-    api.within(Duration::from_secs(5), "carol removed", |api| {
+    api.within(Duration::from_secs(15), "carol removed", |api| {
         !api.repos().contains(&carol)
     });
     // A new selector without bob: bob goes.
