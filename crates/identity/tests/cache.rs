@@ -29,8 +29,10 @@ async fn serve_document(
     State(plc): State<Plc>,
     Path(did): Path<String>,
 ) -> axum::response::Response {
-    plc.requests.fetch_add(1, Ordering::SeqCst);
+    // The key first, then the count: once a test sees the request counted, it may swap the key,
+    // and that must not change this answer.
     let key = plc.key.lock().expect("lock").clone();
+    plc.requests.fetch_add(1, Ordering::SeqCst);
     if plc.slow.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

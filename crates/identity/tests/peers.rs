@@ -120,7 +120,9 @@ async fn resolves_the_seeded_accounts_both_ways_and_follows_a_handle_change() {
         plc_url: url(&network.plc),
         well_known_base: Some(url(&network.pds)),
         dns_servers: Some(vec!["127.0.0.1:9".parse().expect("addr")]),
-        lookup_timeout: std::time::Duration::from_secs(2),
+        // The DNS server never answers, so each lookup waits this out; it also bounds the HTTP
+        // call to the PDS, which a loaded machine may need more than a couple of seconds to answer.
+        lookup_timeout: std::time::Duration::from_secs(5),
         ..ResolverConfig::default()
     });
     let alice = network.account("alice");

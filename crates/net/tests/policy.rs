@@ -106,11 +106,13 @@ async fn a_whole_body_read_has_a_deadline() {
 
 #[tokio::test]
 async fn refused_connections_are_transient_errors() {
-    // Bind then drop, so the port is (almost certainly) closed.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
+    // A socket bound but never listening, held for the whole test: connections to its port are
+    // refused, and no other test can take the port meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+    closed
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    let port = closed.local_addr().expect("addr").port();
     let url = Url::parse(&format!("http://127.0.0.1:{port}/")).expect("url");
     let client = HttpClient::new(&HttpConfig::with_private_network(true)).expect("client");
     let error = client
@@ -119,4 +121,5 @@ async fn refused_connections_are_transient_errors() {
         .expect_err("nothing listens");
     assert!(matches!(error, Error::Connect { .. }), "{error:?}");
     assert!(error.is_transient());
+    drop(closed);
 }

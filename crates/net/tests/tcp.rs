@@ -95,14 +95,20 @@ fn literal_hosts_are_checked_without_connecting() {
 
 #[tokio::test]
 async fn a_closed_port_is_a_transient_connect_error() {
-    let (listener, port) = listener().await;
-    drop(listener);
+    // A socket bound but never listening, held for the whole test: connections to its port are
+    // refused, and no other test can take the port meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+    closed
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind a local port");
+    let port = closed.local_addr().expect("local addr").port();
     let url = Url::parse(&format!("ws://127.0.0.1:{port}/")).expect("test url parses");
     let error = connect_tcp(&url, &HttpConfig::with_private_network(true))
         .await
         .expect_err("nothing listens");
     assert!(matches!(error, Error::Connect { .. }), "{error:?}");
     assert!(error.is_transient());
+    drop(closed);
 }
 
 #[test]

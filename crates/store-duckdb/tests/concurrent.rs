@@ -26,6 +26,7 @@ fn reads_on_a_clone_while_writing() {
     let reader = writer.try_clone().unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
+    let (first_read, first_read_done) = std::sync::mpsc::channel();
     let reading = std::thread::spawn(move || {
         let mut reads = 0;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
@@ -34,9 +35,18 @@ fn reads_on_a_clone_while_writing() {
                 assert!(row.did.starts_with("did:plc:"), "{row:?}");
             }
             reads += 1;
+            if reads == 1 {
+                first_read.send(()).unwrap();
+            }
         }
         reads
     });
+    // Writing starts once the reader has read, so that it is reading by then however the threads
+    // are scheduled.
+    if first_read_done.recv().is_err() {
+        let reader = reading.join();
+        panic!("the reader ended before its first read: {reader:?}");
+    }
     for round in 0..200 {
         let batch = Batch {
             repos: (0..20).map(|i| row(round * 20 + i)).collect(),

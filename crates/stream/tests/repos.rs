@@ -423,7 +423,10 @@ async fn a_server_that_stops_answering_pings_is_declared_stalled() {
         }
     })
     .await;
-    let config = fast_config();
+    // A short stall timeout: this connection is meant to stall, so a starved test process only
+    // makes the stall come sooner.
+    let mut config = fast_config();
+    config.stall_timeout = Duration::from_secs(2);
     let stall_timeout = config.stall_timeout;
     let (connection, mut items) = subscribe_repos(&server.ws(PATH), None, config).unwrap();
     assert_eq!(
@@ -442,9 +445,10 @@ async fn a_server_that_stops_answering_pings_is_declared_stalled() {
         }
         other => panic!("{other:?}"),
     }
-    // Ping after 100 ms of silence, stall a second later.
+    // Ping after 100 ms of silence, stall two seconds later: well before the server's long sleep
+    // (the bound is generous, for a loaded machine).
     assert!(
-        started.elapsed() < stall_timeout + Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
@@ -469,10 +473,15 @@ async fn an_idle_server_that_answers_pings_is_left_alone() {
         }
     })
     .await;
-    let (connection, mut items) = subscribe_repos(&server.ws(PATH), None, fast_config()).unwrap();
+    // A stall timeout shorter than the default of the other tests, so that the quiet spell below
+    // spans several of them, yet long enough that a starved test process is not taken for a stall.
+    let mut config = fast_config();
+    config.stall_timeout = Duration::from_secs(3);
+    let stall_timeout = config.stall_timeout;
+    let (connection, mut items) = subscribe_repos(&server.ws(PATH), None, config).unwrap();
     assert_eq!(take(&mut items, 1).await, [Seen::Connected(None)]);
     // Two and a half stall timeouts of silence from the server, apart from pongs: no item may come.
-    let quiet = tokio::time::timeout(Duration::from_millis(2500), items.recv()).await;
+    let quiet = tokio::time::timeout(stall_timeout * 5 / 2, items.recv()).await;
     assert!(quiet.is_err(), "unexpected item: {quiet:?}");
     assert!(pings.load(Ordering::SeqCst) >= 5, "the client pinged");
     assert_eq!(server.seen().len(), 1);

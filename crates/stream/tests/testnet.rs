@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use butterfly_firehose::Frame;
+use butterfly_firehose::{Frame, Message};
+use butterfly_net::{HttpClient, HttpConfig};
 use butterfly_stream::{subscribe_repos, StreamConfig, StreamItem};
 use butterfly_testnet::TestNetwork;
 
@@ -27,10 +28,23 @@ fn reads_the_reference_pds_firehose_from_cursor_zero() {
             Ok(Some(StreamItem::Connected { cursor: Some(0) })) => {}
             other => panic!("expected a connection: {other:?}"),
         }
-        // The seeded history is replayed at once; after it the PDS is quiet.
+        // The seeded history is replayed at once. Its last write is carol's (the deleted reply), so
+        // it ends with the commit at her repo's current revision: read up to that frame, however long
+        // a loaded machine takes, rather than guessing the end from a quiet spell.
+        let carol = network.account("carol").did.clone();
+        let last_rev = latest_rev(&network.pds, &carol).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let mut seqs = Vec::new();
         let mut kinds = std::collections::BTreeMap::<String, usize>::new();
-        while let Ok(item) = tokio::time::timeout(Duration::from_secs(3), items.recv()).await {
+        loop {
+            let item = tokio::time::timeout_at(deadline, items.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no commit at carol's revision {last_rev} after {} frames: {kinds:?}",
+                        seqs.len()
+                    )
+                });
             match item {
                 Some(StreamItem::Frame {
                     frame: Ok(Frame::Message(message)),
@@ -38,6 +52,11 @@ fn reads_the_reference_pds_firehose_from_cursor_zero() {
                 }) => {
                     *kinds.entry(message.kind().to_owned()).or_default() += 1;
                     seqs.extend(message.seq());
+                    if let Message::Commit(commit) = &message {
+                        if commit.repo.as_str() == carol && commit.rev.as_str() == last_rev {
+                            break;
+                        }
+                    }
                 }
                 other => panic!("frame {} did not decode: {other:?}", seqs.len() + 1),
             }
@@ -51,4 +70,24 @@ fn reads_the_reference_pds_firehose_from_cursor_zero() {
         assert_eq!(connection.cursor(), seqs.last().copied());
         connection.close().await;
     });
+}
+
+/// The repo's current revision, from the PDS's `getLatestCommit`.
+async fn latest_rev(pds: &str, did: &str) -> String {
+    let client = HttpClient::new(&HttpConfig::with_private_network(true)).unwrap();
+    let mut url = butterfly_net::url::Url::parse(pds)
+        .unwrap()
+        .join("/xrpc/com.atproto.sync.getLatestCommit")
+        .unwrap();
+    url.query_pairs_mut().append_pair("did", did);
+    let response = client
+        .get_limited(&url, "application/json", 64 * 1024, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{:?}", response.body);
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    body["rev"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no rev: {body}"))
+        .to_owned()
 }

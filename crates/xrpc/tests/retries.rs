@@ -584,9 +584,13 @@ async fn the_host_concurrency_limit_is_shared_between_clients() {
 
 #[tokio::test]
 async fn refused_connections_are_retried_then_reported() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let address = listener.local_addr().expect("local address");
-    drop(listener);
+    // A socket bound but never listening, held for the whole test: connections to its port are
+    // refused, and no other test can take the port meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+    closed
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind loopback");
+    let address = closed.local_addr().expect("local address");
     let base = Url::parse(&format!("http://{address}")).expect("valid url");
     let client = client(&base);
     let error = client
@@ -612,6 +616,7 @@ async fn refused_connections_are_retried_then_reported() {
         .await
         .expect_err("nothing listens");
     assert!(matches!(error, Error::Net { attempts: 4, .. }), "{error:?}");
+    drop(closed);
 }
 
 #[tokio::test]
@@ -630,10 +635,12 @@ async fn timeouts_retry_queries_but_not_procedures() {
         }),
     );
     let base = serve(router).await;
+    // Long enough that each request surely reaches the handler before the client gives up, even on
+    // a loaded machine, so that the server's count is exact.
     let client = XrpcClient::new(
         base,
         ClientConfig {
-            request_timeout: Duration::from_millis(200),
+            request_timeout: Duration::from_secs(2),
             retry: RetryPolicy {
                 max_attempts: 2,
                 ..fast_retries()
