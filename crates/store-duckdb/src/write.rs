@@ -604,8 +604,19 @@ fn delete_keys(
         if !collided.is_empty() {
             victims.extend(collision_victims(conn, &collided.join(", "), wanted)?);
         }
+        // Only the rids found have rows (a link row always has its record's), and each one
+        // costs an index lookup in both tables: most keys of a live batch are new records.
+        let found_rids = found
+            .iter()
+            .map(|(_, _, _, rid)| *rid)
+            .collect::<BTreeSet<i64>>()
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<String>>()
+            .join(", ");
         conn.execute_batch(&format!(
-            "DELETE FROM records WHERE rid IN ({rids}); DELETE FROM links WHERE rid IN ({rids});"
+            "DELETE FROM records WHERE rid IN ({found_rids}); \
+             DELETE FROM links WHERE rid IN ({found_rids});"
         ))
         .map_err(backend("delete replaced records"))?;
     }

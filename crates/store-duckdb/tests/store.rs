@@ -604,3 +604,64 @@ print(con.sql("SELECT count(*) FROM links WHERE path = '.reply.parent.uri'").fet
         ]
     );
 }
+
+#[test]
+fn older_schema_versions_are_upgraded_when_opened_for_writing() {
+    let dir = temp_dir();
+    let version = |store: &DuckDbStore| {
+        store
+            .run_sql("SELECT value FROM meta WHERE key = 'schema_version'")
+            .expect("read the version")
+            .rows[0][0]
+            .clone()
+    };
+    let has_links_index = |store: &DuckDbStore| {
+        count(
+            store,
+            "SELECT count(*) FROM duckdb_indexes() WHERE index_name = 'links_rid'",
+        ) == 1
+    };
+    // Version 2 is version 3 without the index on `links (rid)`; version 1 also lacks `events`.
+    for (old, downgrade) in [
+        ("2", "DROP INDEX links_rid"),
+        ("1", "DROP INDEX links_rid; DROP TABLE events"),
+    ] {
+        let path = dir.path().join(format!("version-{old}.duckdb"));
+        let mut store = DuckDbStore::open(&path).expect("a new store");
+        assert_eq!(version(&store), json!("3"));
+        assert!(has_links_index(&store));
+        store.apply(backfill(ALICE, 0, 3)).expect("backfill");
+        let links = count(&store, "SELECT count(*) FROM links");
+        assert!(links >= 3, "each post links to the post it replies to");
+        store
+            .run_sql(&format!(
+                "{downgrade}; UPDATE meta SET value = '{old}' WHERE key = 'schema_version'"
+            ))
+            .expect("make it an older file");
+        drop(store);
+
+        // Read-only, a version-2 file opens as it is; a version-1 file must be upgraded first.
+        match (old, DuckDbStore::open_read_only(&path)) {
+            ("2", Ok(reader)) => {
+                assert_eq!(version(&reader), json!("2"));
+                assert_eq!(count(&reader, "SELECT count(*) FROM links"), links);
+            }
+            ("1", Err(Error::Corrupt(message))) => {
+                assert!(message.contains("open it once for writing"), "{message}");
+            }
+            (_, other) => panic!("version {old} read-only: {other:?}"),
+        }
+
+        let mut store = DuckDbStore::open(&path).expect("upgraded");
+        assert_eq!(version(&store), json!("3"));
+        assert!(has_links_index(&store), "version {old} got the index");
+        assert_eq!(count(&store, "SELECT count(*) FROM events"), 0);
+        assert_eq!(count(&store, "SELECT count(*) FROM records"), 3);
+        // The upgraded file replaces records as a new one does: the old links go with them.
+        store
+            .apply(backfill(ALICE, 0, 3))
+            .expect("write again after the upgrade");
+        assert_eq!(count(&store, "SELECT count(*) FROM records"), 3);
+        assert_eq!(count(&store, "SELECT count(*) FROM links"), links);
+    }
+}
