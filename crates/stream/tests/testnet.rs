@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use butterfly_firehose::{Frame, Message};
-use butterfly_net::{HttpClient, HttpConfig};
 use butterfly_stream::{subscribe_repos, StreamConfig, StreamItem};
 use butterfly_testnet::TestNetwork;
+use butterfly_xrpc::{ClientConfig, XrpcClient};
 
 #[test]
 fn reads_the_reference_pds_firehose_from_cursor_zero() {
@@ -74,20 +74,15 @@ fn reads_the_reference_pds_firehose_from_cursor_zero() {
 
 /// The repo's current revision, from the PDS's `getLatestCommit`.
 async fn latest_rev(pds: &str, did: &str) -> String {
-    let client = HttpClient::new(&HttpConfig::with_private_network(true)).unwrap();
-    let mut url = butterfly_net::url::Url::parse(pds)
-        .unwrap()
-        .join("/xrpc/com.atproto.sync.getLatestCommit")
-        .unwrap();
-    url.query_pairs_mut().append_pair("did", did);
-    let response = client
-        .get_limited(&url, "application/json", 64 * 1024, Duration::from_secs(30))
+    let client = XrpcClient::new(
+        pds.parse().unwrap(),
+        ClientConfig::with_private_network(true),
+    )
+    .unwrap();
+    client
+        .sync()
+        .get_latest_commit(&butterfly_syntax::Did::parse(did).unwrap())
         .await
-        .unwrap();
-    assert_eq!(response.status, 200, "{:?}", response.body);
-    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
-    body["rev"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no rev: {body}"))
-        .to_owned()
+        .unwrap()
+        .rev
 }
