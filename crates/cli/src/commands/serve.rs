@@ -1,7 +1,7 @@
 //! `butterfly serve`: the sync engine and the HTTP API in one process, or, without a selector,
 //! the HTTP API over an existing database, read-only.
 
-use super::signals::StopSignals;
+use super::signals::{or_pending, StopSignals};
 use super::sync::{read_selector, show_progress, EngineArgs, OutputArgs, DEFAULT_DB};
 use anyhow::{bail, Context};
 use butterfly_engine::{Engine, LiveSource};
@@ -305,15 +305,6 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             (None, None) => Ok(()),
         }
     })
-}
-
-/// `future`'s output, or never when there is none: a `select!` branch for something optional (a
-/// task not started or already done).
-async fn or_pending<F: std::future::Future>(future: Option<F>) -> F::Output {
-    match future {
-        Some(future) => future.await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Why a task that should run until shutdown ended before it: `what` stopped, failed, or its task

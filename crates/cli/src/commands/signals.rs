@@ -1,6 +1,7 @@
-//! Ctrl-C and SIGTERM as a clean stop for the long-running commands (`sync`, `serve`).
+//! Ctrl-C and SIGTERM as a clean stop for the long-running commands (`sync`, `serve`), and the
+//! `select!` helper for optional futures they share.
 
-use std::future::pending;
+use std::future::{pending, Future};
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -24,21 +25,18 @@ impl StopSignals {
     /// Completes at the first SIGINT or SIGTERM since [`StopSignals::install`]. A handler that
     /// could not be installed never fires; the signal then keeps its default action.
     pub async fn received(&mut self) {
-        let interrupt = async {
-            match &mut self.interrupt {
-                Some(signal) => drop(signal.recv().await),
-                None => pending().await,
-            }
-        };
-        let terminate = async {
-            match &mut self.terminate {
-                Some(signal) => drop(signal.recv().await),
-                None => pending().await,
-            }
-        };
         tokio::select! {
-            () = interrupt => {}
-            () = terminate => {}
+            _ = or_pending(self.interrupt.as_mut().map(Signal::recv)) => {}
+            _ = or_pending(self.terminate.as_mut().map(Signal::recv)) => {}
         }
+    }
+}
+
+/// `future`'s output, or never when there is none: a `select!` branch for something optional (a
+/// signal handler that could not be installed, a task not started or already done).
+pub async fn or_pending<F: Future>(future: Option<F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => pending().await,
     }
 }
