@@ -605,13 +605,11 @@ fn delete_keys(
             victims.extend(collision_victims(conn, &collided.join(", "), wanted)?);
         }
         // Only the rids found have rows (a link row always has its record's), and each one
-        // costs an index lookup in both tables: most keys of a live batch are new records.
+        // costs an index lookup in both tables: most keys of a live batch are new records. (A
+        // rid repeats only where keys collide; `IN` takes it twice the same.)
         let found_rids = found
             .iter()
-            .map(|(_, _, _, rid)| *rid)
-            .collect::<BTreeSet<i64>>()
-            .iter()
-            .map(i64::to_string)
+            .map(|(_, _, _, rid)| rid.to_string())
             .collect::<Vec<String>>()
             .join(", ");
         conn.execute_batch(&format!(
