@@ -158,6 +158,8 @@ pub(crate) fn prepare(conn: &Connection, label: &str, writable: bool) -> Result<
         // missing is the whole upgrade. Only writes use that index, so a version-2 file opens
         // read-only as it is.
         Some(old @ ("1" | "2")) if writable => {
+            // Indexing every link can take a minute on a large file: say why we wait.
+            tracing::info!("upgrading {label} from schema version {old} to {SCHEMA_VERSION}");
             let events = if old == "1" { EVENTS } else { "" };
             let script = format!(
                 "BEGIN TRANSACTION;\n{events}\n{LINKS_RID}\nUPDATE meta SET value = \
