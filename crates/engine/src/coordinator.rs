@@ -913,11 +913,18 @@ impl Coordinator {
                             });
                         }
                         // The text was made from a decoded record (or a Jetstream event's
-                        // JSON), so it parses.
-                        let record = op
-                            .json
-                            .as_deref()
-                            .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok());
+                        // JSON), so it parses; were it ever not to, its edges would be missing
+                        // from the walk, which must not pass unsaid.
+                        let record = op.json.as_deref().and_then(|json| {
+                            serde_json::from_str::<serde_json::Value>(json)
+                                .inspect_err(|error| {
+                                    tracing::warn!(
+                                        %did, collection = %op.collection, rkey = %op.rkey, %error,
+                                        "a live record's JSON does not parse; its edges are skipped"
+                                    );
+                                })
+                                .ok()
+                        });
                         if let Some(record) = &record {
                             for edge in self.rules.edges_of(&did, &op.collection, &op.rkey, record)
                             {
