@@ -312,13 +312,13 @@ async fn a_live_head_replays_then_streams_and_new_clients_start_at_the_head() {
     let (all, pongs) = read_frames_and_pongs(&mut from_start, last).await;
     assert_eq!(seqs(&all), (1..=last).collect::<Vec<_>>());
     assert_eq!(pongs, 1);
-    let first = seqs(std::slice::from_ref(&first_live))[0];
     let mut live_frames = vec![first_live];
-    if first != last {
+    if seqs(&live_frames) != [last] {
         live_frames.extend(read_until(&mut live, last).await);
     }
     let live_seqs = seqs(&live_frames);
     assert_eq!(live_seqs.last(), Some(&last));
+    let first = live_seqs[0];
     assert!(
         first > 30 && first > head_before_connect && first <= head_after_first_frame,
         "live start {first}, head {head_before_connect} before connecting, \
