@@ -3,11 +3,14 @@
 
 Makes 1,000,000 post-like rows in a temporary table, then copies them into a fresh `records`
 table with `INSERT ... SELECT` in transactions of a given size, and prints rows/s, the final
-checkpoint included. Five ways: with the table's two indexes kept up to date; with no index at
-all; with no index during the load and both built afterwards; with the `rid` index alone; and with
+checkpoint included. Six ways: with the table's two indexes kept up to date; with no index at
+all; with no index during the load and both built afterwards; with the `rid` index alone; with
 a BIGINT repo id column indexed in place of `did` (what a schema without the VARCHAR index would
-pay). The `rid` values are laid out as the store's are (the high 40 bits from the repo, 40
-records per repo), which keeps index upkeep cheap. No Butterfly code runs: this is the ceiling a backfill into DuckDB can approach.
+pay); and as the store writes, with both indexes and two `links` rows per record (a real
+backfill writes about 1.9) in the same transaction, `links (rid)` indexed. The `rid` values are
+laid out as the store's are (the high 40 bits from the repo, 40 records per repo), which keeps
+index upkeep cheap. No Butterfly code runs: this is the ceiling a backfill into DuckDB can
+approach.
 Needs `pip install duckdb==1.5.6`.
 
 Usage: scripts/duckdb-ceiling.py [ROWS]
@@ -25,7 +28,7 @@ RID_ONLY = INDEXES[1:]
 REPO_ID = ["CREATE INDEX records_repo ON records (repo)", INDEXES[1]]
 
 
-def run(label, indexes, batch_rows, folder, late_indexes=(), repo_column=False):
+def run(label, indexes, batch_rows, folder, late_indexes=(), repo_column=False, links=False):
     path = os.path.join(folder, f"ceiling-{label}-{batch_rows}.duckdb")
     con = duckdb.connect(path)
     con.execute("SET checkpoint_threshold = '256MB'")
@@ -37,6 +40,13 @@ def run(label, indexes, batch_rows, folder, late_indexes=(), repo_column=False):
     )
     for statement in indexes:
         con.execute(statement)
+    if links:
+        con.execute(
+            "CREATE TABLE links (target VARCHAR NOT NULL, did VARCHAR NOT NULL, "
+            "collection VARCHAR NOT NULL, rkey VARCHAR NOT NULL, path VARCHAR NOT NULL, "
+            "rid BIGINT NOT NULL)"
+        )
+        con.execute("CREATE INDEX links_rid ON links (rid)")
     con.execute(
         f"""CREATE TEMP TABLE source AS SELECT
           'did:plc:' || md5((i // 40)::VARCHAR)[:24] AS did, 'app.bsky.feed.post' AS collection,
@@ -53,6 +63,12 @@ def run(label, indexes, batch_rows, folder, late_indexes=(), repo_column=False):
     for part in range(parts):
         con.execute("BEGIN")
         con.execute(f"INSERT INTO records SELECT * EXCLUDE (part) FROM source WHERE part = {part}")
+        if links:
+            con.execute(
+                "INSERT INTO links SELECT 'at://' || did || '/app.bsky.feed.post/' || rkey || l::VARCHAR, "
+                "did, collection, rkey, CASE l WHEN 0 THEN 'reply.root.uri' ELSE 'reply.parent.uri' END, rid "
+                f"FROM source, range(2) r(l) WHERE part = {part}"
+            )
         con.execute("COMMIT")
     loaded = time.time()
     for statement in late_indexes:
@@ -77,3 +93,4 @@ with tempfile.TemporaryDirectory() as folder:
         run("indexes after", [], batch_rows, folder, late_indexes=INDEXES)
         run("rid only", RID_ONLY, batch_rows, folder)
         run("repo id + rid", REPO_ID, batch_rows, folder, repo_column=True)
+        run("store + links", INDEXES, batch_rows, folder, links=True)
