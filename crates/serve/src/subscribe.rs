@@ -27,11 +27,13 @@
 //! [`SubscribeConfig::send_timeout`], is cut off with close code 1008; it can reconnect with a
 //! cursor and be served from the log.
 //!
-//! Compression costs a zstd pass per event per compressed connection (Jetstream compresses each
-//! event once for all); the compressors are pooled so that their number follows the worker
-//! threads, not the connections.
+//! Compression costs one zstd pass per event, not one per compressed connection: the live tail
+//! reaches every connection at about the same time, so the frames of the most recent events are
+//! kept and shared (Jetstream likewise compresses each event once). The compressors are pooled so
+//! that their number follows the worker threads, not the connections.
 
 use crate::feed::{EventFeed, EventReader, ReadError};
+use axum::body::Bytes;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
@@ -43,7 +45,7 @@ use butterfly_selector::Pattern;
 use butterfly_store::StreamEvent;
 use futures_util::SinkExt;
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -68,6 +70,12 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// The longest close reason the WebSocket protocol allows, in bytes.
 const MAX_CLOSE_REASON: usize = 123;
+
+/// Compressed frames kept for connections to share: the newest this many events...
+const SHARED_FRAMES: usize = 4096;
+
+/// ...holding at most this many bytes in all.
+const SHARED_FRAME_BYTES: usize = 16 << 20;
 
 /// Limits of the `/subscribe` endpoint.
 #[derive(Clone, Debug)]
@@ -107,7 +115,7 @@ struct Shared {
     feed: EventFeed,
     config: SubscribeConfig,
     connections: AtomicUsize,
-    compressors: Compressors,
+    compressed: CompressedEvents,
 }
 
 impl Subscribe {
@@ -117,7 +125,7 @@ impl Subscribe {
                 feed,
                 config,
                 connections: AtomicUsize::new(0),
-                compressors: Compressors::default(),
+                compressed: CompressedEvents::new(SHARED_FRAMES, SHARED_FRAME_BYTES),
             }),
         }
     }
@@ -420,6 +428,82 @@ impl Compressors {
     }
 }
 
+/// The zstd frames of the newest events, shared by every compressed connection, so that an
+/// event is compressed once however many connections it goes to. Keyed by `time_us`, which is
+/// unique and increasing along the one feed a [`Subscribe`] serves.
+struct CompressedEvents {
+    kept: Mutex<KeptFrames>,
+    max_frames: usize,
+    max_bytes: usize,
+    compressors: Compressors,
+}
+
+#[derive(Default)]
+struct KeptFrames {
+    /// By `time_us`, oldest first: `(time_us, JSON length, frame)`. The length guards against
+    /// serving a frame for other JSON, should a feed ever reuse a `time_us`.
+    frames: VecDeque<(i64, usize, Bytes)>,
+    /// The frames' bytes in all.
+    bytes: usize,
+}
+
+impl CompressedEvents {
+    fn new(max_frames: usize, max_bytes: usize) -> CompressedEvents {
+        CompressedEvents {
+            kept: Mutex::default(),
+            max_frames,
+            max_bytes,
+            compressors: Compressors::default(),
+        }
+    }
+
+    /// `event` as one zstd frame: a kept one, or compressed now (outside the lock) and kept.
+    fn frame(&self, event: &StreamEvent) -> Result<Bytes, String> {
+        let (time_us, length) = (event.time_us, event.json.len());
+        if let Some(frame) = self.lock().find(time_us, length) {
+            return Ok(frame);
+        }
+        let frame = Bytes::from(self.compressors.compress(event.json.as_bytes())?);
+        self.keep(time_us, length, frame.clone());
+        Ok(frame)
+    }
+
+    fn keep(&self, time_us: i64, length: usize, frame: Bytes) {
+        let mut kept = self.lock();
+        let at = match kept.frames.binary_search_by_key(&time_us, |frame| frame.0) {
+            // Another connection compressed it meanwhile (or, for other JSON, keep the first).
+            Ok(_) => return,
+            // Older than all kept (a replay far behind the tail): not worth a place.
+            Err(0) if kept.frames.len() >= self.max_frames => return,
+            Err(at) => at,
+        };
+        kept.bytes += frame.len();
+        kept.frames.insert(at, (time_us, length, frame));
+        while kept.frames.len() > self.max_frames
+            || (kept.bytes > self.max_bytes && kept.frames.len() > 1)
+        {
+            if let Some((_, _, dropped)) = kept.frames.pop_front() {
+                kept.bytes -= dropped.len();
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeptFrames> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl KeptFrames {
+    fn find(&self, time_us: i64, length: usize) -> Option<Bytes> {
+        let at = self
+            .frames
+            .binary_search_by_key(&time_us, |frame| frame.0)
+            .ok()?;
+        let (_, kept_length, frame) = &self.frames[at];
+        (*kept_length == length).then(|| frame.clone())
+    }
+}
+
 /// Why a connection ended.
 #[derive(Debug)]
 enum End {
@@ -623,13 +707,9 @@ impl Connection {
                 continue;
             }
             let (message, size) = if self.compress {
-                let compressed = self
-                    .shared
-                    .compressors
-                    .compress(event.json.as_bytes())
-                    .map_err(End::Error)?;
-                let size = compressed.len();
-                (Message::Binary(compressed.into()), size)
+                let frame = self.shared.compressed.frame(event).map_err(End::Error)?;
+                let size = frame.len();
+                (Message::Binary(frame), size)
             } else {
                 (Message::Text(event.json.clone().into()), event.json.len())
             };
@@ -695,6 +775,81 @@ mod tests {
 
     fn parse(query: &str) -> Result<Request, String> {
         Request::parse(query, &HeaderMap::new(), &SubscribeConfig::default(), 1_000)
+    }
+
+    fn event_at(time_us: i64, json: &str) -> StreamEvent {
+        StreamEvent {
+            time_us,
+            json: json.into(),
+            ..event("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", None)
+        }
+    }
+
+    fn decompress(frame: &[u8]) -> String {
+        let mut decompressor = zstd::bulk::Decompressor::with_dictionary(JETSTREAM_ZSTD_DICTIONARY)
+            .expect("dictionary");
+        let json = decompressor
+            .decompress(frame, 1 << 20)
+            .expect("a zstd frame");
+        String::from_utf8(json).expect("UTF-8")
+    }
+
+    #[test]
+    fn an_event_is_compressed_once_for_every_connection() {
+        let compressed = CompressedEvents::new(16, 1 << 20);
+        let event = event_at(5, r#"{"kind":"commit","time_us":5}"#);
+        let first = compressed.frame(&event).expect("compressed");
+        let again = compressed.frame(&event).expect("compressed");
+        assert_eq!(first.as_ptr(), again.as_ptr(), "the same frame, shared");
+        assert_eq!(decompress(&again), event.json);
+    }
+
+    #[test]
+    fn only_the_newest_frames_are_kept() {
+        let compressed = CompressedEvents::new(2, 1 << 20);
+        let events: Vec<StreamEvent> = (1..=3)
+            .map(|n| event_at(n, &format!(r#"{{"time_us":{n}}}"#)))
+            .collect();
+        let frames: Vec<Bytes> = events
+            .iter()
+            .map(|event| compressed.frame(event).expect("compressed"))
+            .collect();
+        // The oldest was dropped: compressed again, and not kept in place of a newer one.
+        let oldest = compressed.frame(&events[0]).expect("compressed");
+        assert_ne!(oldest.as_ptr(), frames[0].as_ptr());
+        assert_eq!(decompress(&oldest), events[0].json);
+        for n in [1, 2] {
+            assert_eq!(
+                compressed.frame(&events[n]).expect("compressed").as_ptr(),
+                frames[n].as_ptr()
+            );
+        }
+
+        // Past the byte bound only the newest stays.
+        let compressed = CompressedEvents::new(16, 1);
+        for event in &events {
+            compressed.frame(event).expect("compressed");
+        }
+        let kept = compressed.lock();
+        assert_eq!(kept.frames.len(), 1);
+        assert_eq!(kept.frames[0].0, 3);
+        assert_eq!(kept.bytes, kept.frames[0].2.len());
+    }
+
+    #[test]
+    fn a_reused_time_is_not_served_another_events_frame() {
+        let compressed = CompressedEvents::new(16, 1 << 20);
+        let first = event_at(7, r#"{"time_us":7}"#);
+        let other = event_at(7, r#"{"time_us":7,"other":true}"#);
+        compressed.frame(&first).expect("compressed");
+        assert_eq!(
+            decompress(&compressed.frame(&other).expect("compressed")),
+            other.json
+        );
+        assert_eq!(
+            decompress(&compressed.frame(&first).expect("compressed")),
+            first.json
+        );
     }
 
     #[test]
