@@ -6,9 +6,9 @@
 //! of the scan by a `LIMIT` that no row reaches (a filter cannot move below a `LIMIT`).
 
 // Statements here are prepared afresh for each read, never cached: DuckDB 1.5 (through the
-// duckdb crate) returns corrupt strings from a cached statement run again on one connection while
-// another connection changes the table (`tests/concurrent.rs`), and `butterfly serve` reads on
-// clones while the engine writes.
+// duckdb crate) returned corrupt strings from a cached statement run again on one connection while
+// another connection changed the table (`tests/concurrent.rs`). Fresh statements made that rarer,
+// not impossible, so reads also wait for writes on the store's gate (`DuckDbStore::gate`).
 
 use butterfly_store::{
     Backlink, BacklinkPage, BacklinkQuery, Edge, Error, EventKind, Page, Record, RepoRow,
