@@ -8,6 +8,7 @@
 //! `cargo bench -p butterfly-serve --bench fanout [-- EVENTS]` (default 40,000 events).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use butterfly_bench::cpu_seconds;
 use butterfly_serve::feed::{commit_events, EventFeed};
 use butterfly_serve::subscribe::{Subscribe, SubscribeConfig};
 use butterfly_store::{EventKind, MemoryStore, StreamEvent};
@@ -88,7 +89,7 @@ async fn run(subscribers: usize, compress: bool, events: usize) {
 
     let start_time_us = butterfly_store::now_micros();
     let started = Instant::now();
-    let cpu_before = process_cpu_seconds();
+    let cpu_before = cpu_seconds();
     for first in (0..events).step_by(PUBLISH_BATCH) {
         let end = events.min(first + PUBLISH_BATCH);
         let batch = (first..end)
@@ -104,7 +105,7 @@ async fn run(subscribers: usize, compress: bool, events: usize) {
     }
     let seconds = started.elapsed().as_secs_f64();
     let deliveries = (events * subscribers) as f64;
-    let cpu = match (cpu_before, process_cpu_seconds()) {
+    let cpu = match (cpu_before, cpu_seconds()) {
         (Some(before), Some(after)) => format!("{:.1}", (after - before) * 1e6 / deliveries),
         _ => "-".to_string(),
     };
@@ -145,15 +146,4 @@ fn post(time_us: i64, n: usize) -> StreamEvent {
         collection: Some("app.bsky.feed.post".into()),
         json: json.to_string(),
     }
-}
-
-/// User plus system CPU time of this process, from `/proc/self/stat` (Linux); `None` elsewhere.
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let user: f64 = fields.get(11)?.parse().ok()?;
-    let system: f64 = fields.get(12)?.parse().ok()?;
-    // The kernel counts in clock ticks, 100 per second on every Linux Butterfly targets.
-    Some((user + system) / 100.0)
 }

@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use butterfly_bench::{cpu_seconds, peak_rss};
 use butterfly_store::{Action, BackfillChunk, Batch, Change, Page, Record, Store};
 use butterfly_store_duckdb::DuckDbStore;
 
@@ -121,37 +122,6 @@ fn ms(duration: Duration) -> String {
     format!("{:.3} ms", duration.as_secs_f64() * 1e3)
 }
 
-/// CPU seconds used by the process so far (user and system), from /proc; 0 elsewhere.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |idx: usize| {
-        fields
-            .get(idx)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line, 11 and 12 after the name; the
-    // kernel counts them in USER_HZ, which is 100 on Linux.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn peak_rss() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("VmHWM"))
-                .map(|line| line.trim_start_matches("VmHWM:").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this too, with little work.
     let quick = !std::env::args().any(|arg| arg == "--bench");
@@ -210,11 +180,11 @@ fn main() -> anyhow::Result<()> {
             kv: vec![("cursor".to_owned(), Some(first.to_string()))],
             ..Batch::default()
         };
-        let cpu_before = cpu_seconds();
+        let cpu_before = cpu_seconds().unwrap_or(0.0);
         let start = Instant::now();
         store.apply(batch)?;
         let took = start.elapsed();
-        cpu += cpu_seconds() - cpu_before;
+        cpu += cpu_seconds().unwrap_or(0.0) - cpu_before;
         apply_time += took;
         batch_times.push(took);
     }
@@ -237,7 +207,10 @@ fn main() -> anyhow::Result<()> {
         ms(percentile(&batch_times, 0.99)),
         ms(percentile(&batch_times, 1.0))
     );
-    println!("  peak RSS so far {}", peak_rss());
+    println!(
+        "  peak RSS so far {}",
+        peak_rss().unwrap_or_else(|| "unknown".to_owned())
+    );
 
     // Live.
     let mut latencies = Vec::new();
@@ -369,6 +342,9 @@ fn main() -> anyhow::Result<()> {
         .map(|meta| meta.len())
         .sum();
     println!("file size {:.0} MiB", size as f64 / (1 << 20) as f64);
-    println!("peak RSS {}", peak_rss());
+    println!(
+        "peak RSS {}",
+        peak_rss().unwrap_or_else(|| "unknown".to_owned())
+    );
     Ok(())
 }
