@@ -470,7 +470,7 @@ impl CompressedEvents {
 
     fn keep(&self, time_us: i64, length: usize, frame: Bytes) {
         let mut kept = self.lock();
-        let at = match kept.frames.binary_search_by_key(&time_us, |frame| frame.0) {
+        let at = match kept.position(time_us) {
             // Another connection compressed it meanwhile (or, for other JSON, keep the first).
             Ok(_) => return,
             // Older than all kept (a replay far behind the tail): not worth a place.
@@ -494,11 +494,13 @@ impl CompressedEvents {
 }
 
 impl KeptFrames {
+    /// Where the frame of `time_us` is (`Ok`), or would go (`Err`).
+    fn position(&self, time_us: i64) -> Result<usize, usize> {
+        self.frames.binary_search_by_key(&time_us, |frame| frame.0)
+    }
+
     fn find(&self, time_us: i64, length: usize) -> Option<Bytes> {
-        let at = self
-            .frames
-            .binary_search_by_key(&time_us, |frame| frame.0)
-            .ok()?;
+        let at = self.position(time_us).ok()?;
         let (_, kept_length, frame) = &self.frames[at];
         (*kept_length == length).then(|| frame.clone())
     }
