@@ -57,7 +57,7 @@ pub struct DuckDbStore {
     /// reader of `tests/concurrent.rs` got bytes that were not UTF-8 about once in fifty runs
     /// on a loaded machine, with plain duckdb-rs queries as well as ours), so no read runs
     /// while a batch is written. A read may wait for the batch being written; never the other
-    /// way round for long, as the lock lets a waiting writer go first.
+    /// way round for long, as std's lock on Linux lets a waiting writer go before new readers.
     gate: Arc<RwLock<()>>,
 }
 
